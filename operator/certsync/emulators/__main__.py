@@ -1,0 +1,107 @@
+"""`python -m certsync.emulators emqx|cdn --port N …`: run one emulator until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from certsync.emulators import cdn, emqx
+from certsync.emulators.common import start
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m certsync.emulators", description=__doc__)
+    kinds = root.add_subparsers(dest="kind", required=True)
+
+    e = kinds.add_parser("emqx", help="EMQX Cloud deployment TLS API")
+    e.add_argument("--host", default="127.0.0.1")
+    e.add_argument("--port", type=int, default=0)
+    e.add_argument("--api-key", required=True)
+    e.add_argument("--api-secret", required=True)
+    e.add_argument("--deployment", action="append", default=[], help="a deployment ID the key may touch")
+    e.add_argument("--unscoped-api-key", default="unscoped-key", help="a valid key scoped to no deployment (403)")
+    e.add_argument("--unscoped-api-secret", default="unscoped-secret")
+    e.add_argument("--pending-seconds", type=float, default=5.0)
+    e.add_argument("--read-limit", type=int, default=60)
+    e.add_argument("--write-limit", type=int, default=6)
+    e.add_argument("--window-seconds", type=float, default=3600.0)
+    e.add_argument("--no-retry-after", action="store_true", help="answer 429 without Retry-After")
+
+    c = kinds.add_parser("cdn", help="CDN SSL API")
+    c.add_argument("--host", default="127.0.0.1")
+    c.add_argument("--port", type=int, default=0)
+    c.add_argument("--account", required=True)
+    c.add_argument("--username", required=True)
+    c.add_argument("--password", required=True)
+    c.add_argument("--resource", action="append", default=[], help="RID or RID=domain,domain")
+    c.add_argument("--pending-seconds", type=float, default=5.0)
+    c.add_argument("--trusted-ca", action="append", default=[], type=Path, help="a PEM root trusted besides the system store")
+    c.add_argument("--rate-limit", type=int, default=20, help="SSL API calls per minute per account")
+    c.add_argument("--failing", action="append", default=[], help="resource id or domain whose orders fail")
+    c.add_argument("--broken-dns", action="append", default=[], help="domain whose wildcard order gets 480")
+    return root
+
+
+def build(args: argparse.Namespace) -> web.Application:
+    if args.kind == "emqx":
+        return emqx.build_app(
+            emqx.EmqxState(
+                emqx.EmqxConfig(
+                    api_key=args.api_key,
+                    api_secret=args.api_secret,
+                    deployments=args.deployment,
+                    unscoped_key=args.unscoped_api_key,
+                    unscoped_secret=args.unscoped_api_secret,
+                    pending_seconds=args.pending_seconds,
+                    read_limit=args.read_limit,
+                    write_limit=args.write_limit,
+                    window_seconds=args.window_seconds,
+                    retry_after=not args.no_retry_after,
+                )
+            )
+        )
+    resources: dict[str, list[str]] = {}
+    for item in args.resource:
+        rid, _, names = item.partition("=")
+        resources[rid] = [n for n in names.split(",") if n] or [f"{rid}.example.com"]
+    return cdn.build_app(
+        cdn.CdnState(
+            cdn.CdnConfig(
+                account=args.account,
+                username=args.username,
+                password=args.password,
+                resources=resources,
+                pending_seconds=args.pending_seconds,
+                trusted_ca_files=args.trusted_ca,
+                rate_limit=args.rate_limit,
+                failing=set(args.failing),
+                broken_dns=set(args.broken_dns),
+            )
+        )
+    )
+
+
+async def serve(args: argparse.Namespace) -> None:
+    running = await start(build(args), args.host, args.port)
+    print(f"listening on {running.url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await running.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    asyncio.run(serve(parser().parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

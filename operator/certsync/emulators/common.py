@@ -1,0 +1,184 @@
+"""What both emulators share: a movable clock, the call log, injected faults and the control API.
+
+The control API lives under `/_emulator/` and is never part of a provider's API:
+
+    GET  /_emulator/calls    counts by method and path template, and every call in order
+    POST /_emulator/faults   {"kind": "429"|"503"|"latency"|"drop", "count": N,
+                              "retryAfter": S (429 only), "seconds": S (latency only)}
+    POST /_emulator/reset    forget calls, faults and state set up after start
+    POST /_emulator/clock    {"advance": S}: move the emulator's clock forward
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+FAULT_KINDS = ("429", "503", "latency", "drop")
+
+
+@dataclass
+class Fault:
+    kind: str
+    retry_after: float | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    template: str
+    status: int
+    at: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {"method": self.method, "path": self.path, "template": self.template, "status": self.status, "at": self.at}
+
+
+@dataclass
+class EmulatorCore:
+    """State every emulator has, apart from the provider's own."""
+
+    offset: float = 0.0
+    calls: list[Call] = field(default_factory=list)
+    faults: collections.deque[Fault] = field(default_factory=collections.deque)
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+    def counts(self) -> dict[str, int]:
+        counter = collections.Counter(f"{c.method} {c.template}" for c in self.calls)
+        return dict(sorted(counter.items()))
+
+    def reset(self) -> None:
+        self.calls.clear()
+        self.faults.clear()
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(data, status=status, headers=headers, dumps=lambda d: json.dumps(d, ensure_ascii=False))
+
+
+def route_template(request: web.Request) -> str:
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else request.path
+
+
+def fault_middleware(core: EmulatorCore) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Records each provider call and serves the next injected fault instead of (or before) it."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/_emulator/"):
+            return await handler(request)
+        fault = core.faults.popleft() if core.faults else None
+        response: web.StreamResponse
+        if fault is not None and fault.kind == "drop":
+            core.calls.append(Call(request.method, request.path, route_template(request), 0, core.now()))
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError  # aiohttp ends the handler quietly; the client sees a reset
+        if fault is not None and fault.kind == "latency":
+            await asyncio.sleep(fault.seconds)
+            fault = None
+        if fault is not None and fault.kind == "429":
+            headers = {"Retry-After": str(int(fault.retry_after))} if fault.retry_after is not None else None
+            response = json_response({"code": 429, "message": "too many requests (injected)"}, 429, headers)
+        elif fault is not None and fault.kind == "503":
+            response = web.Response(status=503)
+        else:
+            try:
+                response = await handler(request)
+            except web.HTTPException as error:
+                response = error
+        core.calls.append(Call(request.method, request.path, route_template(request), response.status, core.now()))
+        return response
+
+    return middleware
+
+
+def control_routes(core: EmulatorCore, reset_state: Callable[[], None]) -> list[web.RouteDef]:
+    async def calls(_: web.Request) -> web.Response:
+        return json_response({"counts": core.counts(), "calls": [c.as_json() for c in core.calls]})
+
+    async def faults(request: web.Request) -> web.Response:
+        body = await request.json()
+        kind = str(body.get("kind", ""))
+        if kind not in FAULT_KINDS:
+            return json_response({"error": f"kind must be one of {', '.join(FAULT_KINDS)}"}, 400)
+        retry_after = body.get("retryAfter")
+        for _ in range(int(body.get("count", 1))):
+            core.faults.append(
+                Fault(kind, float(retry_after) if retry_after is not None else None, float(body.get("seconds", 0)))
+            )
+        return json_response({"queued": len(core.faults)})
+
+    async def reset(_: web.Request) -> web.Response:
+        core.reset()
+        reset_state()
+        return json_response({"reset": True})
+
+    async def clock(request: web.Request) -> web.Response:
+        body = await request.json()
+        core.offset += float(body.get("advance", 0))
+        return json_response({"now": core.now(), "offset": core.offset})
+
+    return [
+        web.get("/_emulator/calls", calls),
+        web.post("/_emulator/faults", faults),
+        web.post("/_emulator/reset", reset),
+        web.post("/_emulator/clock", clock),
+    ]
+
+
+class SlidingLimit:
+    """The provider's own rate limit as the emulator enforces it (separate from the client's budget)."""
+
+    def __init__(self, limit: int, period: float) -> None:
+        self.limit = limit
+        self.period = period
+        self._sent: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
+
+    def hit(self, key: str, now: float) -> float | None:
+        """Count one call; return seconds until the window frees if it is over the limit."""
+        sent = self._sent[key]
+        while sent and sent[0] <= now - self.period:
+            sent.popleft()
+        if len(sent) >= self.limit:
+            return sent[0] + self.period - now
+        sent.append(now)
+        return None
+
+    def clear(self) -> None:
+        self._sent.clear()
+
+
+@dataclass
+class RunningEmulator:
+    runner: web.AppRunner
+    url: str
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> RunningEmulator:
+    """Serve `app` on a real socket; port 0 picks a free one."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.SockSite(runner, sock)
+    await site.start()
+    return RunningEmulator(runner, f"http://{host}:{sock.getsockname()[1]}")

@@ -1,0 +1,315 @@
+"""All X.509 work of certsync: parsing PEM chains and keys, and the checks made before any upload.
+
+The checks form an ordered chain of small pure functions (as cert-manager's
+policies do): each looks at one thing and either passes or raises a
+`CertificateProblem` carrying a stable condition reason and a message that
+names the certificate, the line or the chain link at fault. The clock is
+passed in, never read here. Messages never quote key material.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import NameOID
+
+# Kubernetes caps a Secret at 1 MiB; a real chain is a few KiB. Refusing more
+# than this keeps a hostile or broken Secret from costing memory and CPU.
+MAX_PEM_BYTES = 256 * 1024
+
+SupportedKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
+_BLOCK = re.compile(r"-----(BEGIN|END) ([A-Z0-9 ]+)-----")
+
+
+class CertificateProblem(Exception):
+    """A certificate or key that must not be uploaded; retried only when the input changes."""
+
+    reason: str = "InvalidCertificate"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidCertificate(CertificateProblem):
+    reason = "InvalidCertificate"
+
+
+class InvalidPrivateKey(CertificateProblem):
+    reason = "InvalidPrivateKey"
+
+
+class KeyMismatch(CertificateProblem):
+    reason = "KeyMismatch"
+
+
+class CertificateExpired(CertificateProblem):
+    reason = "CertificateExpired"
+
+
+class CertificateNotYetValid(CertificateProblem):
+    reason = "CertificateNotYetValid"
+
+
+class ChainInvalid(CertificateProblem):
+    reason = "ChainInvalid"
+
+
+@dataclass(frozen=True)
+class PemBlock:
+    """One `-----BEGIN X-----` … `-----END X-----` block and where it stood (1-based lines)."""
+
+    label: str
+    first_line: int
+    last_line: int
+    der: bytes
+
+
+@dataclass(frozen=True)
+class PemScan:
+    blocks: tuple[PemBlock, ...]
+    invalid_lines: tuple[int, ...]  # non-blank lines outside any block, or undecodable inside one
+
+
+@dataclass(frozen=True)
+class CertificateFacts:
+    """What status and comparisons need to know about one certificate; no key material."""
+
+    subject_cn: str
+    issuer_cn: str
+    issuer: str
+    sans: tuple[str, ...]
+    not_before: dt.datetime
+    not_after: dt.datetime
+    serial: str
+    sha256: str
+    sha1: str
+    is_ca: bool
+
+
+@dataclass(frozen=True)
+class TLSBundle:
+    """A validated certificate chain (leaf first) and its key."""
+
+    chain: tuple[x509.Certificate, ...]
+    facts: tuple[CertificateFacts, ...]
+    key: SupportedKey
+
+    @property
+    def leaf(self) -> CertificateFacts:
+        return self.facts[0]
+
+
+def _check_size(data: bytes, what: str, error: type[CertificateProblem]) -> None:
+    if len(data) > MAX_PEM_BYTES:
+        raise error(f"{what} is {len(data)} bytes, more than the {MAX_PEM_BYTES} bytes accepted")
+
+
+def scan_pem(data: bytes) -> PemScan:
+    """Split PEM text into blocks, recording lines that belong to none (as the CDN counts them)."""
+    text = data.decode("utf-8", errors="replace")
+    blocks: list[PemBlock] = []
+    invalid: list[int] = []
+    label: str | None = None
+    start = 0
+    body: list[str] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        marker = _BLOCK.fullmatch(line)
+        if label is None:
+            if marker and marker.group(1) == "BEGIN":
+                label, start, body = marker.group(2), number, []
+            elif line:
+                invalid.append(number)
+            continue
+        if marker and marker.group(1) == "END" and marker.group(2) == label:
+            try:
+                der = base64.b64decode("".join(body), validate=True)
+            except (binascii.Error, ValueError):
+                invalid.append(start)
+                der = b""
+            blocks.append(PemBlock(label, start, number, der))
+            label = None
+        elif marker or (line and not re.fullmatch(r"[A-Za-z0-9+/=]+", line)):
+            invalid.append(number)
+        else:
+            body.append(line)
+    if label is not None:
+        invalid.append(start)
+    return PemScan(tuple(blocks), tuple(invalid))
+
+
+def _name_cn(name: x509.Name) -> str:
+    values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(values[0].value) if values else ""
+
+
+def colon_hex(data: bytes) -> str:
+    return ":".join(f"{b:02X}" for b in data)
+
+
+def _serial_hex(serial: int) -> str:
+    return colon_hex(serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big"))
+
+
+def certificate_facts(cert: x509.Certificate) -> CertificateFacts:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        sans = tuple(
+            [str(n) for n in san.get_values_for_type(x509.DNSName)]
+            + [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+        )
+    except x509.ExtensionNotFound:
+        sans = ()
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    issuer_cn = _name_cn(cert.issuer)
+    return CertificateFacts(
+        subject_cn=_name_cn(cert.subject),
+        issuer_cn=issuer_cn,
+        issuer=issuer_cn or cert.issuer.rfc4514_string(),
+        sans=sans,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        serial=_serial_hex(cert.serial_number),
+        sha256=colon_hex(cert.fingerprint(hashes.SHA256())),
+        sha1=colon_hex(cert.fingerprint(hashes.SHA1())),  # noqa: S303 - the CDN reports SHA-1
+        is_ca=is_ca,
+    )
+
+
+def parse_certificates(data: bytes, what: str = "tls.crt") -> tuple[x509.Certificate, ...]:
+    """Parse every certificate of a PEM chain, naming the block and lines of the first bad one."""
+    _check_size(data, what, InvalidCertificate)
+    scan = scan_pem(data)
+    if scan.invalid_lines:
+        lines = ", ".join(str(n) for n in scan.invalid_lines[:5])
+        raise InvalidCertificate(
+            f"{what} has {len(scan.invalid_lines)} invalid line(s) outside PEM blocks (line {lines})"
+        )
+    certs: list[x509.Certificate] = []
+    for index, block in enumerate(scan.blocks, start=1):
+        where = f"{what} certificate #{index} (lines {block.first_line}-{block.last_line})"
+        if block.label != "CERTIFICATE":
+            raise InvalidCertificate(f"{where} is a {block.label!r} block, not a CERTIFICATE")
+        try:
+            certs.append(x509.load_der_x509_certificate(block.der))
+        except ValueError as error:
+            raise InvalidCertificate(f"{where} does not parse as X.509: {error}") from None
+    if not certs:
+        raise InvalidCertificate(f"{what} holds no PEM certificate")
+    return tuple(certs)
+
+
+def parse_private_key(data: bytes, what: str = "tls.key") -> SupportedKey:
+    """Parse an unencrypted RSA, ECDSA or Ed25519 key in PKCS#1, PKCS#8 or SEC1 PEM."""
+    _check_size(data, what, InvalidPrivateKey)
+    blocks = [b for b in scan_pem(data).blocks if b.label.endswith("PRIVATE KEY")]
+    if len(blocks) != 1:
+        raise InvalidPrivateKey(f"{what} must hold exactly one PEM private key, found {len(blocks)}")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise InvalidPrivateKey(f"{what} is encrypted; certsync needs an unencrypted key") from None
+    except (ValueError, UnsupportedAlgorithm):
+        # The library's message may echo parts of the input: never pass it on.
+        raise InvalidPrivateKey(f"{what} does not parse as a PEM private key") from None
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
+        raise InvalidPrivateKey(f"{what} is a {type(key).__name__}; RSA, ECDSA or Ed25519 expected")
+    return key
+
+
+def _public_der(key: object) -> bytes:
+    public = key.public_key() if hasattr(key, "public_key") else key
+    return public.public_bytes(  # type: ignore[no-any-return,union-attr]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def key_matches(cert: x509.Certificate, key: SupportedKey) -> bool:
+    return _public_der(cert.public_key()) == _public_der(key)
+
+
+def signed_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    try:
+        child.verify_directly_issued_by(parent)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+# --- the ordered chain of checks -------------------------------------------------------------
+
+Check = Callable[[TLSBundle, dt.datetime], None]
+
+
+def check_key_matches_leaf(bundle: TLSBundle, now: dt.datetime) -> None:
+    if not key_matches(bundle.chain[0], bundle.key):
+        raise KeyMismatch(
+            f"tls.key does not match the leaf certificate (CN {bundle.leaf.subject_cn!r})"
+        )
+
+
+def check_leaf_valid_now(bundle: TLSBundle, now: dt.datetime) -> None:
+    leaf = bundle.leaf
+    if now >= leaf.not_after:
+        raise CertificateExpired(
+            f"the leaf certificate (CN {leaf.subject_cn!r}) expired at {rfc3339(leaf.not_after)}"
+        )
+    if now < leaf.not_before:
+        raise CertificateNotYetValid(
+            f"the leaf certificate (CN {leaf.subject_cn!r}) is not valid before "
+            f"{rfc3339(leaf.not_before)}"
+        )
+
+
+def check_chain_order(bundle: TLSBundle, now: dt.datetime) -> None:
+    for index in range(len(bundle.chain) - 1):
+        child, parent = bundle.chain[index], bundle.chain[index + 1]
+        if not signed_by(child, parent):
+            raise ChainInvalid(
+                f"chain link {index + 1}->{index + 2}: certificate #{index + 1} "
+                f"(CN {bundle.facts[index].subject_cn!r}) is not signed by certificate "
+                f"#{index + 2} (CN {bundle.facts[index + 1].subject_cn!r}); the chain must be "
+                "ordered leaf first, each certificate followed by its issuer"
+            )
+
+
+TLS_CHECKS: tuple[Check, ...] = (check_key_matches_leaf, check_leaf_valid_now, check_chain_order)
+
+
+def load_bundle(cert_pem: bytes, key_pem: bytes) -> TLSBundle:
+    chain = parse_certificates(cert_pem)
+    key = parse_private_key(key_pem)
+    return TLSBundle(chain=chain, facts=tuple(certificate_facts(c) for c in chain), key=key)
+
+
+def validate_tls(
+    cert_pem: bytes, key_pem: bytes, now: dt.datetime, checks: Sequence[Check] = TLS_CHECKS
+) -> TLSBundle:
+    """Parse and check a tls.crt/tls.key pair; raise the first `CertificateProblem` found."""
+    bundle = load_bundle(cert_pem, key_pem)
+    for check in checks:
+        check(bundle, now)
+    return bundle
+
+
+def parse_ca_bundle(data: bytes, what: str = "client CA") -> tuple[CertificateFacts, ...]:
+    """Parse a CA bundle (for two-way TLS); every entry must be a certificate."""
+    return tuple(certificate_facts(c) for c in parse_certificates(data, what))
+
+
+def rfc3339(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,156 @@
+"""What both remote API clients share: the root of their error trees and safe HTTP plumbing.
+
+    RemoteError                      every failure of a remote call
+     ├── TransportError              no HTTP answer: connect, read, timeout, reset (retryable)
+     ├── RateLimitedError            the call was not sent (budget) or answered 429 (retryable)
+     └── RemoteStatusError           the remote answered and refused
+          └── each API's own narrowed errors (emqx.py, cdn.py)
+
+Each error carries the condition `reason` the operator reports, whether the
+same call may simply be tried again (`retryable`) and, where known, how long
+to wait (`retry_after`). Messages are built from status codes and the
+remote's short message only, cut to a safe length: never from request bodies,
+headers or credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import ClassVar, TypeVar
+
+import httpx
+
+from certsync.budget import BudgetExhausted, RateBudget, Scope, Window
+
+DEFAULT_TIMEOUT = httpx.Timeout(20.0, connect=5.0)
+T = TypeVar("T")
+MAX_MESSAGE = 200  # remote messages are cut so that a chatty server cannot flood logs or status
+
+
+class RemoteError(Exception):
+    reason: ClassVar[str] = "RemoteRejected"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class TransportError(RemoteError):
+    reason = "RemoteUnavailable"
+    retryable = True
+
+
+class RateLimitedError(RemoteError):
+    """Over a rate limit; `retry_after` says for how long, when anyone knows."""
+
+    reason = "RateLimited"
+    retryable = True
+
+
+class RemoteStatusError(RemoteError):
+    """The remote answered with an error; `status` is the HTTP or API status code."""
+
+    def __init__(self, status: int, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(f"{status}: {message}", retry_after=retry_after)
+        self.status = status
+        self.remote_message = message
+
+
+class ServiceUnavailable(RemoteStatusError):
+    reason = "RemoteUnavailable"
+    retryable = True
+
+
+def short(text: object) -> str:
+    """A remote's message, cut short and on one line."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= MAX_MESSAGE else flat[: MAX_MESSAGE - 1] + "…"
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """`Retry-After` as seconds from now: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+@dataclass
+class BudgetGate:
+    """Applies the one `RateBudget` around each call of a client: acquire before, learn from 429."""
+
+    budget: RateBudget = field(default_factory=RateBudget)
+
+    def acquire(self, scope: Scope, window: Window) -> None:
+        try:
+            self.budget.acquire(scope, window)
+        except BudgetExhausted as exhausted:
+            raise RateLimitedError(
+                f"not sent: {exhausted}", retry_after=exhausted.delay
+            ) from exhausted
+
+    def rate_limited(self, scope: Scope, window: Window, retry_after: float | None) -> float:
+        until = self.budget.record_rate_limited(scope, window, retry_after)
+        return max(0.0, until - self.budget.now())
+
+
+async def send(
+    http: httpx.AsyncClient,
+    request: httpx.Request,
+    describe: Callable[[], str],
+) -> httpx.Response:
+    """Send one request, turning every transport failure into `TransportError`."""
+    try:
+        return await http.send(request)
+    except httpx.TimeoutException as error:
+        raise TransportError(f"{describe()}: timed out ({type(error).__name__})") from error
+    except httpx.TransportError as error:
+        raise TransportError(f"{describe()}: {type(error).__name__}: {short(error)}") from error
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries inside one call for answers that promise nothing was done (HTTP 503) and, for
+    reads, lost connections; everything else goes back to the caller. Exponential with jitter."""
+
+    attempts: int = 3
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))  # noqa: S311
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+Sleep = Callable[[float], Awaitable[None]]
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    idempotent: bool,
+    sleep: Sleep = asyncio.sleep,
+) -> T:
+    for attempt in range(policy.attempts):
+        try:
+            return await call()
+        except (ServiceUnavailable, TransportError) as error:
+            safe = isinstance(error, ServiceUnavailable) or idempotent
+            if not safe or attempt + 1 >= policy.attempts:
+                raise
+            await sleep(policy.delay(attempt))
+    raise AssertionError("unreachable: the loop returns or raises")
