@@ -80,10 +80,10 @@ class RateBudget:
             state.sent.popleft()
         return state
 
-    def next_allowed(self, scope: Scope, window: Window) -> float:
+    def next_allowed(self, scope: Scope, window: Window, now: float | None = None) -> float:
         """The earliest time a call in `scope` may be sent (now or later)."""
         state = self._state(scope, window)
-        at = max(self.now(), state.blocked_until)
+        at = max(self.now() if now is None else now, state.blocked_until)
         if len(state.sent) >= window.limit:
             at = max(at, state.sent[len(state.sent) - window.limit] + window.period)
         return at
@@ -97,7 +97,7 @@ class RateBudget:
     def acquire(self, scope: Scope, window: Window) -> None:
         """Record a call about to be sent, or raise `BudgetExhausted` without recording it."""
         now = self.now()
-        at = self.next_allowed(scope, window)
+        at = self.next_allowed(scope, window, now)
         if at > now:
             raise BudgetExhausted(scope, at, now)
         self._states[scope].sent.append(round(now, 3))

@@ -28,6 +28,7 @@ import httpx
 
 from certsync.budget import CDN_PER_MINUTE, RateBudget, Scope, Window
 from certsync.remote import (
+    DEFAULT_RETRY,
     DEFAULT_TIMEOUT,
     BudgetGate,
     RateLimitedError,
@@ -60,6 +61,10 @@ class CdnAccess:
 
     def login_key(self) -> tuple[str, str]:
         return (self.endpoint.rstrip("/"), self.username)
+
+    def token_key(self) -> tuple[str, str, str]:
+        """A token belongs to the credentials that obtained it: a new password logs in anew."""
+        return (*self.login_key(), self.password_digest())
 
     def password_digest(self) -> str:
         return hashlib.sha256(self.password.encode()).hexdigest()
@@ -274,7 +279,7 @@ class CdnClient:
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         per_minute: int = CDN_PER_MINUTE,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
         sleep: Sleep | None = None,
     ) -> None:
         self._http = httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)
@@ -282,7 +287,7 @@ class CdnClient:
         self.window = Window(limit=per_minute, period=60.0)
         self.retry = retry
         self._sleep = sleep
-        self._tokens: dict[tuple[str, str], _Token] = {}
+        self._tokens: dict[tuple[str, str, str], _Token] = {}  # (endpoint, username, password digest)
         self._refused: dict[tuple[str, str], str] = {}  # login key -> digest of the refused password
 
     @property
@@ -310,8 +315,7 @@ class CdnClient:
     async def token(self, access: CdnAccess) -> str:
         if access.token:
             return access.token
-        key = access.login_key()
-        cached = self._tokens.get(key)
+        cached = self._tokens.get(access.token_key())
         if cached and cached.expires_at - RENEW_MARGIN_S > self.clock():
             return cached.value
         return await self._login(access)
@@ -319,7 +323,9 @@ class CdnClient:
     async def _login(self, access: CdnAccess) -> str:
         key = access.login_key()
         if self._refused.get(key) == access.password_digest():
-            raise LoginRefused(401, f"login of {access.username!r} was refused before; not retried until the credentials change")
+            raise LoginRefused(
+                401, f"login of {access.username!r} was refused before; not retried until the credentials change"
+            )
         scope = self.scope(access, "login")
         self.gate.acquire(scope, self.window)
         request = self._http.build_request(
@@ -339,7 +345,7 @@ class CdnClient:
         if not isinstance(token, str) or not token:
             raise CdnInternalError(0, "token endpoint answered without a token")
         lifetime = float(body.get("lifetime", TOKEN_LIFETIME_S * 1000)) / 1000.0
-        self._tokens[key] = _Token(token, self.clock() + lifetime)
+        self._tokens[access.token_key()] = _Token(token, self.clock() + lifetime)
         return token
 
     # -- transport of API calls --
@@ -349,13 +355,13 @@ class CdnClient:
             raise ServiceUnavailable(503, "service unavailable")
         if response.status_code == 429:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            raise CdnRateLimited(429, "rate limited", retry_after=self.gate.rate_limited(scope, self.window, retry_after))
+            raise CdnRateLimited(
+                429, "rate limited", retry_after=self.gate.rate_limited(scope, self.window, retry_after)
+            )
         if response.status_code != 200:
             raise CdnInternalError(response.status_code, short(_message(response)) or response.reason_phrase)
 
-    async def _call(
-        self, access: CdnAccess, method: str, path: str, operation: Operation, body: Any = None
-    ) -> Any:
+    async def _call(self, access: CdnAccess, method: str, path: str, operation: Operation, body: Any = None) -> Any:
         idempotent = method in ("GET", "PATCH", "DELETE")
         kwargs: dict[str, Any] = {"sleep": self._sleep} if self._sleep else {}
         return await with_retries(
@@ -365,20 +371,16 @@ class CdnClient:
             **kwargs,
         )
 
-    async def _call_once(
-        self, access: CdnAccess, method: str, path: str, operation: Operation, body: Any
-    ) -> Any:
+    async def _call_once(self, access: CdnAccess, method: str, path: str, operation: Operation, body: Any) -> Any:
         for renewed in (False, True):
             token = await self.token(access)
             scope = self.scope(access)
             self.gate.acquire(scope, self.window)
             url = f"{access.endpoint.rstrip('/')}/app/ssl/v1/account/{access.account}/{path}"
-            request = self._http.build_request(
-                method, url, json=body, headers={"CDN-AUTH-TOKEN": token}
-            )
+            request = self._http.build_request(method, url, json=body, headers={"CDN-AUTH-TOKEN": token})
             response = await send(self._http, request, lambda: f"CDN {method} {path}")
             if response.status_code == 401:
-                self._tokens.pop(access.login_key(), None)
+                self._tokens.pop(access.token_key(), None)
                 if renewed or access.token:
                     raise TokenRejected(401, "the API refused the token")
                 continue

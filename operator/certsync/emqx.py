@@ -26,6 +26,7 @@ import httpx
 
 from certsync.budget import EMQX_READ, EMQX_WRITE, RateBudget, Scope, Window
 from certsync.remote import (
+    DEFAULT_RETRY,
     DEFAULT_TIMEOUT,
     BudgetGate,
     RateLimitedError,
@@ -146,7 +147,7 @@ def error_for(response: httpx.Response, retry_after: float | None) -> EmqxError:
 
 
 class EmqxClient:
-    """One client for every DeploymentTLS: credentials travel with each call, the connection pool and budgets are shared."""
+    """One client for every DeploymentTLS: credentials travel with each call; pool and budgets are shared."""
 
     def __init__(
         self,
@@ -156,7 +157,7 @@ class EmqxClient:
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         read_window: Window = EMQX_READ,
         write_window: Window = EMQX_WRITE,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
         sleep: Sleep | None = None,
     ) -> None:
         self.retry = retry
@@ -196,17 +197,14 @@ class EmqxClient:
         scope, window = self.scope(access, deployment_id, method)
         self.gate.acquire(scope, window)
         url = f"{access.endpoint.rstrip('/')}/deployments/{deployment_id}/tls"
-        request = self._http.build_request(
-            method, url, json=body, auth=httpx.BasicAuth(access.api_key, access.api_secret)
-        )
-        response = await send(self._http, request, lambda: f"EMQX {method} {deployment_id}/tls")
+        request = self._http.build_request(method, url, json=body)
+        auth = httpx.BasicAuth(access.api_key, access.api_secret)
+        response = await send(self._http, request, lambda: f"EMQX {method} {deployment_id}/tls", auth)
         if response.is_success:
             return response
         retry_after = None
         if response.status_code == 429:
-            retry_after = self.gate.rate_limited(
-                scope, window, parse_retry_after(response.headers.get("Retry-After"))
-            )
+            retry_after = self.gate.rate_limited(scope, window, parse_retry_after(response.headers.get("Retry-After")))
         raise error_for(response, retry_after)
 
     async def get_tls(self, access: EmqxAccess, deployment_id: str) -> DeploymentTLSInfo:

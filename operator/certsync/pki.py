@@ -185,7 +185,7 @@ def certificate_facts(cert: x509.Certificate) -> CertificateFacts:
         not_after=cert.not_valid_after_utc,
         serial=_serial_hex(cert.serial_number),
         sha256=colon_hex(cert.fingerprint(hashes.SHA256())),
-        sha1=colon_hex(cert.fingerprint(hashes.SHA1())),  # noqa: S303 - the CDN reports SHA-1
+        sha1=colon_hex(cert.fingerprint(hashes.SHA1())),
         is_ca=is_ca,
     )
 
@@ -257,21 +257,16 @@ Check = Callable[[TLSBundle, dt.datetime], None]
 
 def check_key_matches_leaf(bundle: TLSBundle, now: dt.datetime) -> None:
     if not key_matches(bundle.chain[0], bundle.key):
-        raise KeyMismatch(
-            f"tls.key does not match the leaf certificate (CN {bundle.leaf.subject_cn!r})"
-        )
+        raise KeyMismatch(f"tls.key does not match the leaf certificate (CN {bundle.leaf.subject_cn!r})")
 
 
 def check_leaf_valid_now(bundle: TLSBundle, now: dt.datetime) -> None:
     leaf = bundle.leaf
     if now >= leaf.not_after:
-        raise CertificateExpired(
-            f"the leaf certificate (CN {leaf.subject_cn!r}) expired at {rfc3339(leaf.not_after)}"
-        )
+        raise CertificateExpired(f"the leaf certificate (CN {leaf.subject_cn!r}) expired at {rfc3339(leaf.not_after)}")
     if now < leaf.not_before:
         raise CertificateNotYetValid(
-            f"the leaf certificate (CN {leaf.subject_cn!r}) is not valid before "
-            f"{rfc3339(leaf.not_before)}"
+            f"the leaf certificate (CN {leaf.subject_cn!r}) is not valid before {rfc3339(leaf.not_before)}"
         )
 
 
@@ -296,9 +291,7 @@ def load_bundle(cert_pem: bytes, key_pem: bytes) -> TLSBundle:
     return TLSBundle(chain=chain, facts=tuple(certificate_facts(c) for c in chain), key=key)
 
 
-def validate_tls(
-    cert_pem: bytes, key_pem: bytes, now: dt.datetime, checks: Sequence[Check] = TLS_CHECKS
-) -> TLSBundle:
+def validate_tls(cert_pem: bytes, key_pem: bytes, now: dt.datetime, checks: Sequence[Check] = TLS_CHECKS) -> TLSBundle:
     """Parse and check a tls.crt/tls.key pair; raise the first `CertificateProblem` found."""
     bundle = load_bundle(cert_pem, key_pem)
     for check in checks:

@@ -98,9 +98,7 @@ class BudgetGate:
         try:
             self.budget.acquire(scope, window)
         except BudgetExhausted as exhausted:
-            raise RateLimitedError(
-                f"not sent: {exhausted}", retry_after=exhausted.delay
-            ) from exhausted
+            raise RateLimitedError(f"not sent: {exhausted}", retry_after=exhausted.delay) from exhausted
 
     def rate_limited(self, scope: Scope, window: Window, retry_after: float | None) -> float:
         until = self.budget.record_rate_limited(scope, window, retry_after)
@@ -111,10 +109,11 @@ async def send(
     http: httpx.AsyncClient,
     request: httpx.Request,
     describe: Callable[[], str],
+    auth: httpx.Auth | None = None,
 ) -> httpx.Response:
     """Send one request, turning every transport failure into `TransportError`."""
     try:
-        return await http.send(request)
+        return await http.send(request, auth=auth)
     except httpx.TimeoutException as error:
         raise TransportError(f"{describe()}: timed out ({type(error).__name__})") from error
     except httpx.TransportError as error:
@@ -131,9 +130,10 @@ class RetryPolicy:
     max_delay: float = 8.0
 
     def delay(self, attempt: int) -> float:
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))  # noqa: S311
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
 
 
+DEFAULT_RETRY = RetryPolicy()
 NO_RETRY = RetryPolicy(attempts=1)
 Sleep = Callable[[float], Awaitable[None]]
 

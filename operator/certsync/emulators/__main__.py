@@ -41,7 +41,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--password", required=True)
     c.add_argument("--resource", action="append", default=[], help="RID or RID=domain,domain")
     c.add_argument("--pending-seconds", type=float, default=5.0)
-    c.add_argument("--trusted-ca", action="append", default=[], type=Path, help="a PEM root trusted besides the system store")
+    c.add_argument(
+        "--trusted-ca", action="append", default=[], type=Path, help="a PEM root trusted besides the system store"
+    )
     c.add_argument("--rate-limit", type=int, default=20, help="SSL API calls per minute per account")
     c.add_argument("--failing", action="append", default=[], help="resource id or domain whose orders fail")
     c.add_argument("--broken-dns", action="append", default=[], help="domain whose wildcard order gets 480")

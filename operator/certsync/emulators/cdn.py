@@ -19,7 +19,9 @@ account and answers HTTP 429 beyond that.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import secrets
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,10 +185,7 @@ class CdnState:
         roots: list[x509.Certificate] = [self.le_ca.cert]
         for path in [SYSTEM_BUNDLE, *self.config.trusted_ca_files]:
             if path.exists():
-                try:
-                    roots.extend(x509.load_pem_x509_certificates(path.read_bytes()))
-                except ValueError:
-                    continue
+                roots.extend(_load_roots(path.read_bytes()))
         return roots
 
     def reset(self) -> None:
@@ -217,6 +216,19 @@ class CdnState:
                 chain_pem, key_pem = self.le_ca.issue(order.domains, now)
                 chain = tuple(x509.load_pem_x509_certificates(chain_pem.encode()))
                 self.store(chain_pem, key_pem, "letsencrypt", chain)
+
+
+def _load_roots(data: bytes) -> list[x509.Certificate]:
+    """Each parsable certificate of a bundle; the system store holds a few that newer cryptography frowns on."""
+    roots = []
+    for block in pki.scan_pem(data).blocks:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                roots.append(x509.load_der_x509_certificate(block.der))
+            except ValueError:
+                continue
+    return roots
 
 
 def envelope(status: int, data: Any = None, message: str | None = None) -> web.Response:
@@ -252,7 +264,7 @@ def check_certificate(
     issuers = [c.issuer for c in chain if c.issuer != c.subject]
     if len(set(issuers)) != len(issuers):
         return 479, MESSAGES[479]
-    for child, parent in zip(chain, chain[1:], strict=False):
+    for child, parent in itertools.pairwise(chain):
         if not pki.signed_by(child, parent):
             if operation == "update":
                 return 476, "One of certificates is not signed by previous certificate in chain"
@@ -267,10 +279,7 @@ def check_certificate(
 
 
 def _trusted(state: CdnState, top: x509.Certificate) -> bool:
-    for root in state.trusted:
-        if top == root or (top.issuer == root.subject and pki.signed_by(top, root)):
-            return True
-    return False
+    return any(top == root or (top.issuer == root.subject and pki.signed_by(top, root)) for root in state.trusted)
 
 
 def build_app(state: CdnState) -> web.Application:
@@ -293,9 +302,7 @@ def build_app(state: CdnState) -> web.Application:
         state.wrong_passwords.pop(username, None)
         value = secrets.token_hex(16)
         state.tokens[value] = (username, core.now() + TOKEN_LIFETIME_S)
-        return json_response(
-            {"person_id": 1, "status": 200, "token": value, "lifetime": TOKEN_LIFETIME_S * 1000}
-        )
+        return json_response({"person_id": 1, "status": 200, "token": value, "lifetime": TOKEN_LIFETIME_S * 1000})
 
     @web.middleware
     async def api_guard(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -343,7 +350,7 @@ def build_app(state: CdnState) -> web.Application:
         checked = check_certificate(state, body["certificate"], body["private_key"], "add")
         if isinstance(checked[0], int):
             return envelope(checked[0], message=str(checked[1]))
-        seq = state.store(body["certificate"], body["private_key"], body["comment"], checked)  # type: ignore[arg-type]
+        seq = state.store(body["certificate"], body["private_key"], body["comment"], checked)
         return envelope(0, {"seq": seq}, "cert saved")
 
     async def update_certificate(request: web.Request) -> web.Response:
@@ -363,7 +370,7 @@ def build_app(state: CdnState) -> web.Application:
                 if checked[0] != 459:
                     return envelope(checked[0], message=str(checked[1]))
                 checked = tuple(x509.load_pem_x509_certificates(certificate.encode()))
-            stored.certificate, stored.private_key, stored.chain = certificate, private_key, checked  # type: ignore[assignment]
+            stored.certificate, stored.private_key, stored.chain = certificate, private_key, checked
         stored.comment = body.get("comment", stored.comment)
         return envelope(0, {"seq": stored.seq}, "cert updated")
 
@@ -418,7 +425,7 @@ def build_app(state: CdnState) -> web.Application:
         config.broken_dns.update(str(x) for x in body.get("brokenDns", []))
         return json_response({"failing": sorted(config.failing), "brokenDns": sorted(config.broken_dns)})
 
-    app = web.Application(middlewares=[fault_middleware(core), api_guard])
+    app = web.Application(middlewares=[fault_middleware(core, lambda code: envelope(code)), api_guard])
     app.add_routes(control_routes(core, state.reset))
     prefix = "/app/ssl/v1/account/{account}"
     app.add_routes(

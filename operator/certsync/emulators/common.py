@@ -3,8 +3,9 @@
 The control API lives under `/_emulator/` and is never part of a provider's API:
 
     GET  /_emulator/calls    counts by method and path template, and every call in order
-    POST /_emulator/faults   {"kind": "429"|"503"|"latency"|"drop", "count": N,
-                              "retryAfter": S (429 only), "seconds": S (latency only)}
+    POST /_emulator/faults   {"kind": "429"|"503"|"latency"|"drop"|"status", "count": N,
+                              "retryAfter": S (429 only), "seconds": S (latency only),
+                              "status": code (status only: the provider's own error code)}
     POST /_emulator/reset    forget calls, faults and state set up after start
     POST /_emulator/clock    {"advance": S}: move the emulator's clock forward
 """
@@ -21,9 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-FAULT_KINDS = ("429", "503", "latency", "drop")
+FAULT_KINDS = ("429", "503", "latency", "drop", "status")
+StatusAnswer = Callable[[int], web.Response]
 
 
 @dataclass
@@ -31,6 +34,7 @@ class Fault:
     kind: str
     retry_after: float | None = None
     seconds: float = 0.0
+    status: int = 500
 
 
 @dataclass
@@ -42,7 +46,13 @@ class Call:
     at: float
 
     def as_json(self) -> dict[str, Any]:
-        return {"method": self.method, "path": self.path, "template": self.template, "status": self.status, "at": self.at}
+        return {
+            "method": self.method,
+            "path": self.path,
+            "template": self.template,
+            "status": self.status,
+            "at": self.at,
+        }
 
 
 @dataclass
@@ -74,7 +84,7 @@ def route_template(request: web.Request) -> str:
     return info.canonical if info is not None else request.path
 
 
-def fault_middleware(core: EmulatorCore) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def fault_middleware(core: EmulatorCore, status_answer: StatusAnswer) -> Middleware:
     """Records each provider call and serves the next injected fault instead of (or before) it."""
 
     @web.middleware
@@ -96,6 +106,8 @@ def fault_middleware(core: EmulatorCore) -> Callable[[web.Request, Handler], Awa
             response = json_response({"code": 429, "message": "too many requests (injected)"}, 429, headers)
         elif fault is not None and fault.kind == "503":
             response = web.Response(status=503)
+        elif fault is not None and fault.kind == "status":
+            response = status_answer(fault.status)
         else:
             try:
                 response = await handler(request)
@@ -119,7 +131,12 @@ def control_routes(core: EmulatorCore, reset_state: Callable[[], None]) -> list[
         retry_after = body.get("retryAfter")
         for _ in range(int(body.get("count", 1))):
             core.faults.append(
-                Fault(kind, float(retry_after) if retry_after is not None else None, float(body.get("seconds", 0)))
+                Fault(
+                    kind,
+                    float(retry_after) if retry_after is not None else None,
+                    float(body.get("seconds", 0)),
+                    int(body.get("status", 500)),
+                )
             )
         return json_response({"queued": len(core.faults)})
 

@@ -89,7 +89,9 @@ def _check_body(body: object) -> tuple[str, str, str, str | None, pki.TLSBundle]
     if tls_type == "two-way" and not isinstance(cacert, str):
         return "cacert is required for two-way TLS"
     try:
-        bundle = pki.validate_tls(cert.encode(), key.encode(), dt.datetime.now(dt.UTC), checks=(pki.check_key_matches_leaf,))
+        bundle = pki.validate_tls(
+            cert.encode(), key.encode(), dt.datetime.now(dt.UTC), checks=(pki.check_key_matches_leaf,)
+        )
         if isinstance(cacert, str):
             pki.parse_ca_bundle(cacert.encode())
     except pki.CertificateProblem:
@@ -145,7 +147,7 @@ def build_app(state: EmqxState) -> web.Application:
         )
         return json_response(_describe(state.tls[deployment], core.now(), config.pending_seconds))
 
-    app = web.Application(middlewares=[fault_middleware(core)])
+    app = web.Application(middlewares=[fault_middleware(core, lambda code: error(code, "injected error"))])
     app.add_routes(control_routes(core, state.reset))
     app.add_routes([web.route("*", "/deployments/{deployment_id}/tls", tls)])
     app.add_routes([web.get("/_emulator/tls/{deployment_id}", _inspect(state))])
@@ -160,8 +162,12 @@ def _inspect(state: EmqxState):  # type: ignore[no-untyped-def]
         if installed is None:
             return json_response({"installed": False})
         return json_response(
-            {"installed": True, "tlsType": installed.tls_type, "fingerprint": installed.fingerprint,
-             "hasCacert": installed.cacert is not None}
+            {
+                "installed": True,
+                "tlsType": installed.tls_type,
+                "fingerprint": installed.fingerprint,
+                "hasCacert": installed.cacert is not None,
+            }
         )
 
     return handler
