@@ -15,9 +15,7 @@ import httpx
 import pytest
 from certsync import cdn, emqx
 
-SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
-if not SEEDS.exists():  # CI clones main with shared/ beside it; a developer checkout may sit elsewhere
-    SEEDS = Path(__file__).resolve().parents[1].parent / "shared" / "seeds"
+SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"  # shared/ sits beside the clone of main
 
 
 def samples(name: str) -> list[dict[str, Any]]:
