@@ -18,7 +18,7 @@ import pytest
     ],
 )
 def test_emulator_process_serves_and_stops_on_sigterm(args: list[str]) -> None:
-    process = subprocess.Popen(  # noqa: S603
+    process = subprocess.Popen(
         [sys.executable, "-m", "certsync.emulators", *args, "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
