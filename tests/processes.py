@@ -1,0 +1,71 @@
+"""Emulators and the operator as their own processes, as they run in production and in the demo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class EmulatorProcess:
+    url: str
+    process: subprocess.Popen[str]
+
+    def control(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        answer = httpx.request(method, f"{self.url}/_emulator/{path}", json=body, timeout=10)
+        answer.raise_for_status()
+        return answer.json()
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.control("GET", "calls")["counts"])
+
+    def writes(self) -> list[dict[str, Any]]:
+        return [
+            c
+            for c in self.control("GET", "calls")["calls"]
+            if c["method"] not in ("GET",) and "/_emulator" not in c["path"] and "oauth" not in c["path"]
+        ]
+
+
+@contextmanager
+def emulator(*args: str) -> Iterator[EmulatorProcess]:
+    process = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "certsync.emulators", *args, "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        assert line.startswith("listening on "), line
+        yield EmulatorProcess(line.removeprefix("listening on "), process)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        if process.stdout:
+            process.stdout.close()
+
+
+@contextmanager
+def operator(kubeconfig: Path, log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "CERTSYNC_LOG_FORMAT": "text"}
+    with log.open("ab") as out:
+        process = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "certsync", "run", *args], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

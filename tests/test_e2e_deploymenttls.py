@@ -1,0 +1,201 @@
+"""DeploymentTLS end to end: a real kube-apiserver, the EMQX emulator and the operator, each its own process."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.factory import issue
+from tests.kube import Kube
+from tests.processes import EmulatorProcess, emulator, operator
+
+pytestmark = pytest.mark.e2e
+KEY, SECRET = "e2e-key", "e2e-emqx-secret-9Jx"
+
+
+def tls_secret(name: str, cert: bytes, key: bytes) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": {"name": name},
+            "data": {"tls.crt": base64.b64encode(cert).decode(), "tls.key": base64.b64encode(key).decode()}}  # fmt: skip
+
+
+def creds_secret(name: str, **values: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": values}
+
+
+def dtls(name: str, endpoint: str, deployment: str = "ge6a1a75", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "certsync.io/v1alpha1", "kind": "DeploymentTLS", "metadata": {"name": name},
+        "spec": {"endpoint": endpoint, "credentialsSecretRef": {"name": "emqx-creds"}, "deploymentId": deployment,
+                 "tlsType": "one-way", "secretName": "mqtt-tls", **spec},
+    }  # fmt: skip
+
+
+@pytest.fixture
+def emqx_process() -> Iterator[EmulatorProcess]:
+    with emulator("emqx", "--api-key", KEY, "--api-secret", SECRET, "--deployment", "ge6a1a75",
+                  "--deployment", "dep2", "--pending-seconds", "2") as running:  # fmt: skip
+        yield running
+
+
+def wait_ready(kube: Kube, namespace: str, name: str, condition: str = "Ready", timeout: str = "60s") -> None:
+    kube.kubectl(
+        "wait", "-n", namespace, f"--for=condition={condition}", f"deploymenttls/{name}", f"--timeout={timeout}"
+    )
+
+
+def ready_reason(kube: Kube, namespace: str, name: str) -> tuple[str, str]:
+    status = kube.get("deploymenttls", name, namespace).get("status", {})
+    ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+    return ready.get("status", ""), ready.get("reason", "")
+
+
+def test_create_rotate_restart_and_budget(
+    kube: Kube, namespace: str, emqx_process: EmulatorProcess, tmp_path: Path
+) -> None:
+    first = issue("mqtt.example.com")
+    kube.apply(
+        creds_secret("emqx-creds", apiKey=KEY, apiSecret=SECRET),
+        tls_secret("mqtt-tls", first.cert_pem, first.key_pem()),
+        namespace=namespace,
+    )
+    kube.apply(dtls("broker", emqx_process.url), namespace=namespace)
+    log = tmp_path / "operator.log"
+    allow = ["--allowed-endpoints", emqx_process.url + "/", "--namespaces", namespace]
+    with operator(kube.kubeconfig, log, *allow):
+        wait_ready(kube, namespace, "broker")
+        writes = emqx_process.writes()
+        assert [w["method"] for w in writes] == ["POST"]
+        status = kube.get("deploymenttls", "broker", namespace)["status"]
+        assert status["remoteStatus"] == "running" and status["tlsType"] == "one-way"
+        assert len(status["writeTimes"]) == 1
+
+        # rotate the Secret, as cert-manager would: exactly one more write
+        second = issue("mqtt.example.com", key_kind="rsa")
+        kube.apply(tls_secret("mqtt-tls", second.cert_pem, second.key_pem()), namespace=namespace)
+        kube.kubectl(
+            "wait",
+            "-n",
+            namespace,
+            "--for=jsonpath={.status.fingerprint}=" + fingerprint(second),
+            "deploymenttls/broker",
+            "--timeout=60s",
+        )
+        wait_ready(kube, namespace, "broker")
+        assert [w["method"] for w in emqx_process.writes()] == ["POST", "PUT"]
+
+    # a restart with everything in sync: no write at all
+    with operator(kube.kubeconfig, log, *allow):
+        kube.kubectl("annotate", "deploymenttls/broker", "-n", namespace, "certsync.io/requested-at=1", "--overwrite")
+        wait_ready(kube, namespace, "broker")
+        import time
+
+        time.sleep(3)
+        assert [w["method"] for w in emqx_process.writes()] == ["POST", "PUT"]
+
+        # four more rotations use the budget up (6 writes/hour); the next one is RateLimited, never a 429
+        for n in range(5):
+            nth = issue(f"mqtt{n}.example.com")
+            kube.apply(tls_secret("mqtt-tls", nth.cert_pem, nth.key_pem()), namespace=namespace)
+            if n < 4:
+                kube.kubectl(
+                    "wait",
+                    "-n",
+                    namespace,
+                    "--for=jsonpath={.status.fingerprint}=" + fingerprint(nth),
+                    "deploymenttls/broker",
+                    "--timeout=60s",
+                )
+        kube.kubectl(
+            "wait",
+            "-n",
+            namespace,
+            '--for=jsonpath={.status.conditions[?(@.type=="Reconciling")].reason}=RateLimited',
+            "deploymenttls/broker",
+            "--timeout=60s",
+        )
+        calls = emqx_process.control("GET", "calls")["calls"]
+        assert len(emqx_process.writes()) == 6 and all(c["status"] != 429 for c in calls)
+    text = log.read_text()
+    for secret in (SECRET, first.key_pem().decode().splitlines()[1], second.key_pem().decode().splitlines()[1]):
+        assert secret not in text
+    events = kube.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    assert SECRET not in events and "Created" in events
+
+
+def fingerprint(cert: Any) -> str:
+    from certsync import pki
+
+    return pki.certificate_facts(cert.cert).sha256
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("malformed", "InvalidCertificate"),
+        ("mismatch", "KeyMismatch"),
+        ("expired", "CertificateExpired"),
+        ("wrong-type", "InvalidSecret"),
+        ("missing-secret", "SecretNotFound"),
+        ("missing-key", "InvalidSecret"),
+        ("wrong-credentials", "CredentialsInvalid"),
+        ("forbidden", "Forbidden"),
+        ("not-allowlisted", "EndpointNotAllowed"),
+    ],
+)
+def test_bad_inputs_stall_with_their_reason_and_write_nothing(
+    kube: Kube, namespace: str, emqx_process: EmulatorProcess, tmp_path: Path, case: str, reason: str
+) -> None:
+    import datetime as dt
+
+    good = issue("mqtt.example.com")
+    cert, key = good.cert_pem, good.key_pem()
+    secret = tls_secret("mqtt-tls", cert, key)
+    creds = creds_secret("emqx-creds", apiKey=KEY, apiSecret=SECRET)
+    endpoint = emqx_process.url
+    if case == "malformed":
+        secret = tls_secret("mqtt-tls", b"not a pem", key)
+    elif case == "mismatch":
+        secret = tls_secret("mqtt-tls", cert, issue("other").key_pem())
+    elif case == "expired":
+        old = issue(
+            "old.example.com",
+            not_before=dt.datetime(2020, 1, 1, tzinfo=dt.UTC),
+            not_after=dt.datetime(2021, 1, 1, tzinfo=dt.UTC),
+        )
+        secret = tls_secret("mqtt-tls", old.cert_pem, old.key_pem())
+    elif case == "wrong-type":
+        secret = {**secret, "type": "Opaque"}
+    elif case == "missing-key":
+        secret["data"].pop("tls.key")
+    elif case == "wrong-credentials":
+        creds = creds_secret("emqx-creds", apiKey=KEY, apiSecret="not-the-secret-41")
+    elif case == "forbidden":
+        creds = creds_secret("emqx-creds", apiKey="unscoped-key", apiSecret="unscoped-secret")
+    elif case == "not-allowlisted":
+        endpoint = "https://evil.example.com"
+    documents = [creds] + ([] if case == "missing-secret" else [secret])
+    kube.apply(*documents, namespace=namespace)
+    kube.apply(dtls("broker", endpoint), namespace=namespace)
+    with operator(
+        kube.kubeconfig,
+        tmp_path / "operator.log",
+        "--allowed-endpoints",
+        emqx_process.url + "/",
+        "--namespaces",
+        namespace,
+    ):
+        kube.kubectl("wait", "-n", namespace, "--for=condition=Stalled", "deploymenttls/broker", "--timeout=60s")
+    assert ready_reason(kube, namespace, "broker") == ("False", reason)
+    assert emqx_process.writes() == []
+    text = (tmp_path / "operator.log").read_text() + json.dumps(kube.get("deploymenttls", "broker", namespace))
+    assert SECRET not in text and "not-the-secret-41" not in text and key.decode().splitlines()[1] not in text
+
+
+def test_schema_refuses_two_way_without_ca(kube: Kube, namespace: str) -> None:
+    refused = kube.apply(dtls("broker", "https://x.example", tlsType="two-way"), namespace=namespace, check=False)
+    assert refused.returncode != 0 and "clientCA is required when tlsType is two-way" in refused.stderr
