@@ -37,7 +37,7 @@ class EmulatorProcess:
 
 @contextmanager
 def emulator(*args: str) -> Iterator[EmulatorProcess]:
-    process = subprocess.Popen(  # noqa: S603
+    process = subprocess.Popen(
         [sys.executable, "-m", "certsync.emulators", *args, "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
@@ -57,7 +57,7 @@ def emulator(*args: str) -> Iterator[EmulatorProcess]:
 def operator(kubeconfig: Path, log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "CERTSYNC_LOG_FORMAT": "text"}
     with log.open("ab") as out:
-        process = subprocess.Popen(  # noqa: S603
+        process = subprocess.Popen(
             [sys.executable, "-m", "certsync", "run", *args], stdout=out, stderr=subprocess.STDOUT, env=env
         )
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,6 +21,7 @@ from typing import Any
 import kopf
 import kubernetes
 
+from certsync import pki
 from certsync import reconcile as rc
 from certsync.budget import RateBudget
 from certsync.cdn import CdnAccess, CdnClient, CertificateExists
@@ -83,9 +85,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     config: Settings = memo["settings"]
     try:
-        kubernetes.config.load_incluster_config()
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
     budget = RateBudget()
     memo["runtime"] = Runtime(
         settings=config,
@@ -115,27 +117,27 @@ def _secrets_of(spec: Mapping[str, Any]) -> list[str]:
 
 
 @kopf.index(GROUP, VERSION, "deploymenttlses")
-def dtls_by_secret(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], str]:
-    return {(namespace, s): name for s in _secrets_of(spec)}
+def dtls_by_secret(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], str]:
+    return {(str(namespace), s): name for s in _secrets_of(spec)}
 
 
 @kopf.index(GROUP, VERSION, "cdncertificates")
-def cdn_by_secret(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], str]:
-    return {(namespace, s): name for s in _secrets_of(spec)}
+def cdn_by_secret(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], str]:
+    return {(str(namespace), s): name for s in _secrets_of(spec)}
 
 
 @kopf.index(GROUP, VERSION, "letsencryptorders")
-def le_by_secret(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], str]:
-    return {(namespace, s): name for s in _secrets_of(spec)}
+def le_by_secret(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], str]:
+    return {(str(namespace), s): name for s in _secrets_of(spec)}
 
 
 def _wake(rt: Runtime, plural: str, namespace: str, name: str) -> None:
     rt.wake.setdefault((plural, namespace, name), asyncio.Event()).set()
 
 
-@kopf.on.event("", "v1", "secrets")
+@kopf.on.event("", "v1", "secrets")  # type: ignore[arg-type]  # kopf passes indices by name
 async def secret_changed(
-    namespace: str,
+    namespace: str | None,
     name: str,
     memo: kopf.Memo,
     dtls_by_secret: kopf.Index[tuple[str, str], str],
@@ -145,25 +147,23 @@ async def secret_changed(
 ) -> None:
     rt = runtime(memo)
     for plural, index in zip(PLURALS, (dtls_by_secret, cdn_by_secret, le_by_secret), strict=True):
-        for resource in index.get((namespace, name), []):
-            _wake(rt, plural, namespace, resource)
+        for resource in index.get((str(namespace), name), []):
+            _wake(rt, plural, str(namespace), resource)
 
 
 def _on_resource_event(plural: str) -> None:
     @kopf.on.event(GROUP, VERSION, plural)
-    async def resource_event(
-        namespace: str, name: str, meta: kopf.Meta, memo: kopf.Memo, type: str | None, **_: Any
-    ) -> None:
+    async def resource_event(namespace: str | None, name: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
         """Wake the daemon on a spec change or a new requested-at; status patches (ours) do not count."""
         rt = runtime(memo)
-        key = (plural, namespace, name)
+        key = (plural, str(namespace), name)
         seen = (meta.get("generation"), meta.annotations.get(REQUESTED_AT))
         before = rt.seen.get(key)
         rt.seen[key] = seen
         if before is not None and before != seen:
             if before[1] != seen[1]:
                 rt.forced.add(key)
-            _wake(rt, plural, namespace, name)
+            _wake(rt, plural, str(namespace), name)
 
 
 for _plural in PLURALS:
@@ -221,7 +221,11 @@ class Resource:
             await rt.patch_status(self.plural, self.namespace, self.name, new)
             self.local_status.update(new)
         if old_reason != state.reason:
-            kind = "Warning" if state.kind == "stalled" or state.reason in ("RateLimited", "RemoteUnavailable") else "Normal"
+            kind = (
+                "Warning"
+                if state.kind == "stalled" or state.reason in ("RateLimited", "RemoteUnavailable")
+                else "Normal"
+            )
             kopf.event(self.body, type=kind, reason=state.reason, message=state.message)
         self.logger.info(f"{state.kind}: {state.reason}: {state.message}")
         return delay
@@ -246,7 +250,7 @@ def _daemon(plural: str, sync: Sync) -> None:
         while not stopped:
             wake.clear()
             forced = key in rt.forced
-            rt.forced.discard(key)  # type: ignore[arg-type]
+            rt.forced.discard(key)
             resource = Resource(plural, body, local, logger, forced)
             try:
                 delay = await sync(rt, resource)
@@ -255,10 +259,8 @@ def _daemon(plural: str, sync: Sync) -> None:
                 failures += 1
                 state, delay = state_for_error(error, failures)
                 await resource.finish(rt, state, {}, delay)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=delay)
-            except TimeoutError:
-                pass
 
 
 # --- DeploymentTLS ---------------------------------------------------------------------------
@@ -268,7 +270,9 @@ async def _precheck(rt: Runtime, r: Resource) -> rc.State | None:
     if r.spec.get("suspend"):
         return rc.State("suspended", "Suspended", "spec.suspend is true: no remote calls")
     if not rt.settings.endpoint_allowed(str(r.spec.get("endpoint", ""))):
-        return rc.State("stalled", "EndpointNotAllowed", f"endpoint {r.spec.get('endpoint')!r} is not in the operator's allowlist")
+        return rc.State(
+            "stalled", "EndpointNotAllowed", f"endpoint {r.spec.get('endpoint')!r} is not in the operator's allowlist"
+        )
     return None
 
 
@@ -286,7 +290,9 @@ async def sync_deployment_tls(rt: Runtime, r: Resource) -> float | None:
         ref = spec.get("clientCA") or {}
         if not ref:
             return await r.finish(rt, rc.State("stalled", "InvalidSpec", "two-way TLS needs spec.clientCA"), {}, None)
-        ca = rc.check_ca_secret(ref["secretName"], ref.get("key", "ca.crt"), await rt.read_secret(r.namespace, ref["secretName"]))
+        ca = rc.check_ca_secret(
+            ref["secretName"], ref.get("key", "ca.crt"), await rt.read_secret(r.namespace, ref["secretName"])
+        )
         if isinstance(ca, rc.Problem):
             return await r.finish(rt, rc.State("stalled", ca.reason, ca.message), {}, None)
         cacert = ca
@@ -298,7 +304,11 @@ async def sync_deployment_tls(rt: Runtime, r: Resource) -> float | None:
     deployment = spec["deploymentId"]
     scope, window = rt.emqx.scope(access, deployment, "PUT")
     rt.budget.restore(scope, window, {"sent": status.get("writeTimes", [])})
-    drift = parse_duration(str(spec.get("driftCheckInterval") or "")) if spec.get("driftCheckInterval") else rt.settings.drift_interval
+    drift = (
+        parse_duration(str(spec.get("driftCheckInterval") or ""))
+        if spec.get("driftCheckInterval")
+        else rt.settings.drift_interval
+    )
 
     def observed(remote: rc.EmqxRemote | None) -> rc.EmqxObserved:
         return rc.EmqxObserved(
@@ -318,7 +328,7 @@ async def sync_deployment_tls(rt: Runtime, r: Resource) -> float | None:
     plan = rc.plan_deployment_tls(observed(remote))
     common = {"remoteStatus": "absent" if remote.absent else remote.status, "tlsType": remote.tls_type or None}
     if remote.expire:
-        common["expire"] = rc.pki.rfc3339(remote.expire)
+        common["expire"] = pki.rfc3339(remote.expire)
     if plan.action in ("create", "update"):
         write = rt.emqx.create_tls if plan.action == "create" else rt.emqx.update_tls
         tls_type = str(spec["tlsType"])
@@ -331,18 +341,23 @@ async def sync_deployment_tls(rt: Runtime, r: Resource) -> float | None:
                 r.local_status["writeTimes"] = write_times
         rotated = bool(status.get("fingerprint")) and status.get("fingerprint") != material.fingerprint
         kopf.event(r.body, type="Normal", reason="Rotated" if rotated else plan.action.capitalize() + "d",
-                   message=f"{plan.action}d the deployment's TLS (leaf SHA-256 {material.fingerprint[:23]}…)")  # fmt: skip
+                   message=f"{plan.action}d the deployment's TLS (leaf {material.fingerprint[:23]}…)")  # fmt: skip
         updates = {
             "remoteStatus": info.status, "tlsType": info.tls_type, "fingerprint": material.fingerprint,
-            "expire": rc.pki.rfc3339(info.expire) if info.expire else None,
-            "lastWriteTime": rc.pki.rfc3339(now), "pollAttempt": 0, "writeTimes": write_times,
+            "expire": pki.rfc3339(info.expire) if info.expire else None,
+            "lastWriteTime": pki.rfc3339(now), "pollAttempt": 0, "writeTimes": write_times,
         }  # fmt: skip
-        return await r.finish(rt, rc.State("reconciling", "Pending", f"remote TLS is {info.status!r} after {plan.action}"), updates, rc.POLL_FIRST_S)
+        return await r.finish(
+            rt,
+            rc.State("reconciling", "Pending", f"remote TLS is {info.status!r} after {plan.action}"),
+            updates,
+            rc.POLL_FIRST_S,
+        )
     if plan.action == "wait":
         updates = {**common, "pollAttempt": int(status.get("pollAttempt", 0)) + 1}
         delay = 0.0 if r.forced else plan.requeue_after
         return await r.finish(rt, plan.state, updates, delay)
-    updates = {**common, "lastSyncTime": rc.pki.rfc3339(now), "pollAttempt": 0}
+    updates = {**common, "lastSyncTime": pki.rfc3339(now), "pollAttempt": 0}
     return await r.finish(rt, plan.state, updates, plan.requeue_after)
 
 
@@ -389,7 +404,9 @@ async def sync_cdn_certificate(rt: Runtime, r: Resource) -> float | None:
     by_fp = None
     if by_seq is None:
         for item in await rt.cdn.list_certificates(access):
-            detailed = await rt.cdn.get_certificate(access, item.seq) if item.cn == material.bundle.leaf.subject_cn else None
+            detailed = (
+                await rt.cdn.get_certificate(access, item.seq) if item.cn == material.bundle.leaf.subject_cn else None
+            )
             if detailed and detailed.leaf_fingerprint == sha1:
                 by_fp = rc.CdnRemote(detailed.seq, detailed.leaf_fingerprint)
                 break
@@ -405,7 +422,9 @@ async def sync_cdn_certificate(rt: Runtime, r: Resource) -> float | None:
                 detailed = await rt.cdn.get_certificate(access, item.seq)
                 if detailed.leaf_fingerprint == sha1:
                     seq = detailed.seq
-                    kopf.event(r.body, type="Normal", reason="Adopted", message=f"adopted existing certificate seq {seq} (459)")
+                    kopf.event(
+                        r.body, type="Normal", reason="Adopted", message=f"adopted existing certificate seq {seq} (459)"
+                    )
                     break
     elif plan.action == "patch" and seq is not None:
         await rt.cdn.update_certificate(access, seq, certificate=material.cert_pem, private_key=material.key_pem)
@@ -418,10 +437,10 @@ async def sync_cdn_certificate(rt: Runtime, r: Resource) -> float | None:
     chain = final.chain_info or ()
     updates = {
         "seq": final.seq, "cn": final.cn, "alt": list(final.alt), "issuer": final.issuer,
-        "notBefore": rc.pki.rfc3339(dt.datetime.fromtimestamp(final.start_timestamp, dt.UTC)),
-        "notAfter": rc.pki.rfc3339(dt.datetime.fromtimestamp(final.end_timestamp, dt.UTC)),
+        "notBefore": pki.rfc3339(dt.datetime.fromtimestamp(final.start_timestamp, dt.UTC)),
+        "notAfter": pki.rfc3339(dt.datetime.fromtimestamp(final.end_timestamp, dt.UTC)),
         "fingerprint": final.leaf_fingerprint, "chain": [c.subject_cn for c in chain],
-        "lastSyncTime": rc.pki.rfc3339(now),
+        "lastSyncTime": pki.rfc3339(now),
     }  # fmt: skip
     return await r.finish(rt, rc.State("ready", "Synced", f"certificate seq {final.seq} in sync"), updates, drift)
 
@@ -467,13 +486,13 @@ async def sync_order(rt: Runtime, r: Resource) -> float | None:
             await rt.cdn.order_wildcard(access, domains)
         else:
             await rt.cdn.order_letsencrypt(access, str(resource_id))
-        updates.update({"orderedAt": rc.pki.rfc3339(now), "taskStatus": "accepted"})
+        updates.update({"orderedAt": pki.rfc3339(now), "taskStatus": "accepted"})
         kopf.event(r.body, type="Normal", reason="Ordered", message="ordered a Let's Encrypt certificate")
         return await r.finish(rt, plan.state, updates, rc.POLL_FIRST_S)
     if plan.action == "done" and plan.certificate is not None:
         updates.update({
             "certificateSeq": plan.certificate.seq,
-            "notAfter": rc.pki.rfc3339(dt.datetime.fromtimestamp(plan.certificate.not_after, dt.UTC)),
+            "notAfter": pki.rfc3339(dt.datetime.fromtimestamp(plan.certificate.not_after, dt.UTC)),
         })  # fmt: skip
         if not resource_id:
             updates["taskStatus"] = "processed"
@@ -495,7 +514,15 @@ _daemon("letsencryptorders", sync_order)
 
 def _on_delete(plural: str) -> None:
     @kopf.on.delete(GROUP, VERSION, plural)
-    async def delete(spec: kopf.Spec, status: kopf.Status, namespace: str, body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    async def delete(
+        spec: kopf.Spec,
+        status: kopf.Status,
+        namespace: str | None,
+        body: kopf.Body,
+        memo: kopf.Memo,
+        retry: int,
+        **_: Any,
+    ) -> None:
         """With `Delete`, remove the remote certificate (404 counts as done); `Orphan` sends nothing."""
         if spec.get("deletionPolicy", "Orphan") != "Delete" or plural == "letsencryptorders":
             return
@@ -505,14 +532,12 @@ def _on_delete(plural: str) -> None:
         try:
             if plural == "deploymenttlses":
                 name = spec["credentialsSecretRef"]["name"]
-                creds = rc.credentials(name, await rt.read_secret(namespace, name), [("apiKey", "apiSecret")])
+                creds = rc.credentials(name, await rt.read_secret(str(namespace), name), [("apiKey", "apiSecret")])
                 if isinstance(creds, rc.Problem):
                     raise RemoteError(creds.message)
                 access = EmqxAccess(spec["endpoint"], creds["apiKey"], creds["apiSecret"])
-                try:
+                with contextlib.suppress(TLSNotConfigured):  # already gone counts as removed
                     await rt.emqx.delete_tls(access, spec["deploymentId"])
-                except TLSNotConfigured:
-                    pass
             elif status.get("seq"):
                 r = Resource(plural, body, {}, log)
                 cdn_access = await _cdn_access(rt, r)
@@ -527,7 +552,8 @@ def _on_delete(plural: str) -> None:
         except RemoteError as error:
             if retry + 1 >= DELETE_ATTEMPTS:
                 kopf.event(body, type="Warning", reason="DeleteFailed",
-                           message=f"gave up removing the remote certificate after {DELETE_ATTEMPTS} tries: {error.message}")  # fmt: skip
+                           message=f"gave up removing the remote certificate after {DELETE_ATTEMPTS} tries: "
+                                   f"{error.message}")  # fmt: skip
                 return
             raise kopf.TemporaryError(error.message, delay=error.retry_after or rc.poll_delay(retry)) from None
 

@@ -61,7 +61,7 @@ def conditions(
 
 def poll_delay(attempt: int) -> float:
     """5 s, doubling, capped at 5 min."""
-    return min(POLL_MAX_S, POLL_FIRST_S * 2 ** max(0, attempt))
+    return float(min(POLL_MAX_S, POLL_FIRST_S * 2 ** max(0, attempt)))
 
 
 # --- the referenced Secret ------------------------------------------------------------------
@@ -290,7 +290,9 @@ def plan_order(o: OrderObserved, wanted_names: Sequence[str]) -> OrderPlan:
             return OrderPlan("poll", State("reconciling", "Pending", "order accepted; waiting for issuance"))
         if o.task_status == "processed":
             if newest is None:
-                return OrderPlan("find", State("reconciling", "Pending", "order processed; looking for the certificate"))
+                return OrderPlan(
+                    "find", State("reconciling", "Pending", "order processed; looking for the certificate")
+                )
             return OrderPlan("done", State("ready", "Synced", "certificate issued"), newest)
         if not ordered:
             return OrderPlan("order", State("reconciling", "Pending", "ordering a certificate"))
@@ -298,5 +300,7 @@ def plan_order(o: OrderObserved, wanted_names: Sequence[str]) -> OrderPlan:
     if newest is not None and newest.not_after > before and ordered:
         return OrderPlan("done", State("ready", "Synced", "wildcard certificate issued"), newest)
     if not ordered:
-        return OrderPlan("order", State("reconciling", "Pending", f"ordering a certificate for {', '.join(wanted_names)}"))
+        return OrderPlan(
+            "order", State("reconciling", "Pending", f"ordering a certificate for {', '.join(wanted_names)}")
+        )
     return OrderPlan("poll", State("reconciling", "Pending", "waiting for the wildcard certificate to appear"))

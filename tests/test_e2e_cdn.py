@@ -1,0 +1,112 @@
+"""CdnCertificate and LetsEncryptOrder end to end: kube-apiserver, the CDN emulator and the operator as processes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.factory import Chain, three_level
+from tests.kube import Kube
+from tests.processes import EmulatorProcess, emulator, operator
+from tests.test_e2e_deploymenttls import creds_secret, tls_secret
+
+pytestmark = pytest.mark.e2e
+USER, PASSWORD = "e2e-user", "e2e-cdn-password-Q4"
+ADD = "POST /app/ssl/v1/account/{account}/certificate/"
+
+
+@pytest.fixture
+def root_chain(tmp_path: Path) -> Chain:
+    return three_level("www.shop.example")
+
+
+@pytest.fixture
+def cdn_process(tmp_path: Path, root_chain: Chain) -> Iterator[EmulatorProcess]:
+    (tmp_path / "root.pem").write_bytes(root_chain.root.cert_pem)
+    with emulator("cdn", "--account", "acct1", "--username", USER, "--password", PASSWORD,
+                  "--resource", "res1=www.shop.example", "--resource", "res2=img.shop.example",
+                  "--failing", "res2", "--pending-seconds", "2", "--trusted-ca", str(tmp_path / "root.pem")) as running:  # fmt: skip
+        yield running
+
+
+def cdn_cert(name: str, endpoint: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "certsync.io/v1alpha1", "kind": "CdnCertificate", "metadata": {"name": name},
+            "spec": {"endpoint": endpoint, "credentialsSecretRef": {"name": "cdn-creds"}, "account": "acct1",
+                     "secretName": "shop-tls", **spec}}  # fmt: skip
+
+
+def order(name: str, endpoint: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "certsync.io/v1alpha1", "kind": "LetsEncryptOrder", "metadata": {"name": name},
+            "spec": {"endpoint": endpoint, "credentialsSecretRef": {"name": "cdn-creds"}, "account": "acct1", **spec}}  # fmt: skip
+
+
+def reason(kube: Kube, kind: str, name: str, namespace: str) -> str:
+    status = kube.get(kind, name, namespace).get("status", {})
+    return next((c["reason"] for c in status.get("conditions", []) if c["type"] == "Ready"), "")
+
+
+def test_add_adopt_rotate_delete(
+    kube: Kube, namespace: str, cdn_process: EmulatorProcess, root_chain: Chain, tmp_path: Path
+) -> None:
+    kube.apply(creds_secret("cdn-creds", username=USER, password=PASSWORD),
+               tls_secret("shop-tls", root_chain.pem, root_chain.leaf.key_pem()), namespace=namespace)  # fmt: skip
+    kube.apply(cdn_cert("shop", cdn_process.url, deletionPolicy="Delete"), namespace=namespace)
+    log = tmp_path / "operator.log"
+    with operator(kube.kubeconfig, log, "--allowed-endpoints", cdn_process.url + "/", "--namespaces", namespace):
+        kube.kubectl("wait", "-n", namespace, "--for=condition=Ready", "cdncertificate/shop", "--timeout=60s")
+        status = kube.get("cdncertificate", "shop", namespace)["status"]
+        assert status["cn"] == "www.shop.example" and status["chain"] == ["www.shop.example", "Test Intermediate CA"]
+        assert status["issuer"] == "Test Intermediate CA" and status["seq"] == 1
+        assert cdn_process.counts()[ADD] == 1
+
+        # a second resource with the same certificate adopts it by fingerprint: no duplicate
+        kube.apply(cdn_cert("shop-again", cdn_process.url), namespace=namespace)
+        kube.kubectl("wait", "-n", namespace, "--for=condition=Ready", "cdncertificate/shop-again", "--timeout=60s")
+        assert kube.get("cdncertificate", "shop-again", namespace)["status"]["seq"] == 1
+        # adoption by seq
+        kube.apply(cdn_cert("by-seq", cdn_process.url, seq=1), namespace=namespace)
+        kube.kubectl("wait", "-n", namespace, "--for=condition=Ready", "cdncertificate/by-seq", "--timeout=60s")
+        assert cdn_process.counts()[ADD] == 1
+
+        # deleting an Orphan resource sends nothing; deleting the Delete one removes the remote certificate
+        kube.kubectl("delete", "cdncertificate", "shop-again", "by-seq", "-n", namespace, "--timeout=60s")
+        assert not any(c.startswith("DELETE") for c in cdn_process.counts())
+        kube.kubectl("delete", "cdncertificate", "shop", "-n", namespace, "--timeout=60s")
+        assert cdn_process.counts()["DELETE /app/ssl/v1/account/{account}/certificate/{seq}"] == 1
+    text = log.read_text() + kube.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    assert PASSWORD not in text and root_chain.leaf.key_pem().decode().splitlines()[1] not in text
+
+
+def test_letsencrypt_orders(kube: Kube, namespace: str, cdn_process: EmulatorProcess, tmp_path: Path) -> None:
+    kube.apply(creds_secret("cdn-creds", username=USER, password=PASSWORD), namespace=namespace)
+    kube.apply(order("www", cdn_process.url, resourceId="res1"), order("img", cdn_process.url, resourceId="res2"),
+               order("wild", cdn_process.url, domains=["*.d.example.com", "d.example.com"]), namespace=namespace)  # fmt: skip
+    with operator(
+        kube.kubeconfig,
+        tmp_path / "operator.log",
+        "--allowed-endpoints",
+        cdn_process.url + "/",
+        "--namespaces",
+        namespace,
+    ):
+        for name in ("www", "wild"):
+            kube.kubectl("wait", "-n", namespace, "--for=condition=Ready", f"letsencryptorder/{name}", "--timeout=90s")
+        kube.kubectl("wait", "-n", namespace, "--for=condition=Stalled", "letsencryptorder/img", "--timeout=90s")
+    www = kube.get("letsencryptorder", "www", namespace)["status"]
+    assert www["taskStatus"] == "processed" and www["certificateSeq"] >= 1 and www["notAfter"]
+    assert kube.get("letsencryptorder", "wild", namespace)["status"]["certificateSeq"] >= 1
+    assert reason(kube, "letsencryptorder", "img", namespace) == "OrderFailed"
+    posts = [k for k in cdn_process.counts() if k.startswith("POST /app/ssl/v1/account/{account}/letsencrypt")]
+    assert sum(cdn_process.counts()[k] for k in posts) == 3  # each order posted exactly once
+
+
+def test_schema_refuses_both_resource_and_domains(kube: Kube, namespace: str) -> None:
+    refused = kube.apply(
+        order("both", "https://x.example", resourceId="r", domains=["a.example.com"]), namespace=namespace, check=False
+    )
+    assert refused.returncode != 0 and "exactly one of resourceId and domains" in refused.stderr
+    assert json.loads(kube.kubectl("get", "letsencryptorders", "-n", namespace, "-o", "json").stdout)["items"] == []
