@@ -17,10 +17,8 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
     root = tmp_path_factory.mktemp("controlplane")
     plane = controlplane.start(root / "run", tied_to_parent=True)
     cluster = Kube(plane.kubectl, plane.kubeconfig, plane.server, root / "run" / "pki" / "ca.crt")
-    crds = REPO / "crds"
-    if any(crds.glob("*.yaml")):
-        cluster.kubectl("apply", "-f", str(crds))
-        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    cluster.kubectl("apply", "-k", str(REPO / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
     try:
         yield cluster
     finally:
@@ -42,3 +40,12 @@ def sa_kubeconfig(kube: Kube, namespace: str, tmp_path: Path):  # type: ignore[n
         return kube.service_account_kubeconfig(namespace, name, rules, tmp_path, cluster_wide)  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """deploy/ applied as a platform team would, and a kubeconfig with the operator ServiceAccount's own token."""
+    kube.kubectl("apply", "-k", str(REPO / "deploy"))
+    token = kube.kubectl("create", "token", "certsync", "-n", "certsync-system", "--duration", "2h").stdout.strip()
+    path = tmp_path_factory.mktemp("operator") / "certsync.kubeconfig"
+    return controlplane_module().kubeconfig(kube.server, kube.ca, {"token": token}, path, "certsync-system")  # type: ignore[no-any-return]

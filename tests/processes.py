@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -53,15 +54,34 @@ def emulator(*args: str) -> Iterator[EmulatorProcess]:
             process.stdout.close()
 
 
+@dataclass
+class OperatorProcess:
+    process: subprocess.Popen[bytes]
+    metrics_url: str
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @contextmanager
-def operator(kubeconfig: Path, log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "CERTSYNC_LOG_FORMAT": "text"}
+def operator(kubeconfig: Path, log: Path, *args: str, log_format: str = "json") -> Iterator[OperatorProcess]:
+    """The operator as its own process, with the given kubeconfig (the ServiceAccount's, in the tests)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "CERTSYNC_LOG_FORMAT": log_format,
+        "CERTSYNC_METRICS_PORT": str(port),
+    }
     with log.open("ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "certsync", "run", *args], stdout=out, stderr=subprocess.STDOUT, env=env
         )
     try:
-        yield process
+        yield OperatorProcess(process, f"http://127.0.0.1:{port}")
     finally:
         process.terminate()
         try:

@@ -50,13 +50,18 @@ def reason(kube: Kube, kind: str, name: str, namespace: str) -> str:
 
 
 def test_add_adopt_rotate_delete(
-    kube: Kube, namespace: str, cdn_process: EmulatorProcess, root_chain: Chain, tmp_path: Path
+    kube: Kube,
+    namespace: str,
+    operator_kubeconfig: Path,
+    cdn_process: EmulatorProcess,
+    root_chain: Chain,
+    tmp_path: Path,
 ) -> None:
     kube.apply(creds_secret("cdn-creds", username=USER, password=PASSWORD),
                tls_secret("shop-tls", root_chain.pem, root_chain.leaf.key_pem()), namespace=namespace)  # fmt: skip
     kube.apply(cdn_cert("shop", cdn_process.url, deletionPolicy="Delete"), namespace=namespace)
     log = tmp_path / "operator.log"
-    with operator(kube.kubeconfig, log, "--allowed-endpoints", cdn_process.url + "/", "--namespaces", namespace):
+    with operator(operator_kubeconfig, log, "--allowed-endpoints", cdn_process.url + "/", "--namespaces", namespace):
         kube.kubectl("wait", "-n", namespace, "--for=condition=Ready", "cdncertificate/shop", "--timeout=60s")
         status = kube.get("cdncertificate", "shop", namespace)["status"]
         assert status["cn"] == "www.shop.example" and status["chain"] == ["www.shop.example", "Test Intermediate CA"]
@@ -81,7 +86,9 @@ def test_add_adopt_rotate_delete(
     assert PASSWORD not in text and root_chain.leaf.key_pem().decode().splitlines()[1] not in text
 
 
-def test_letsencrypt_orders(kube: Kube, namespace: str, cdn_process: EmulatorProcess, tmp_path: Path) -> None:
+def test_letsencrypt_orders(
+    kube: Kube, namespace: str, operator_kubeconfig: Path, cdn_process: EmulatorProcess, tmp_path: Path
+) -> None:
     kube.apply(creds_secret("cdn-creds", username=USER, password=PASSWORD), namespace=namespace)
     kube.apply(order("www", cdn_process.url, resourceId="res1"), order("img", cdn_process.url, resourceId="res2"),
                order("wild", cdn_process.url, domains=["*.d.example.com", "d.example.com"]), namespace=namespace)  # fmt: skip

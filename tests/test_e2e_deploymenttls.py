@@ -55,7 +55,7 @@ def ready_reason(kube: Kube, namespace: str, name: str) -> tuple[str, str]:
 
 
 def test_create_rotate_restart_and_budget(
-    kube: Kube, namespace: str, emqx_process: EmulatorProcess, tmp_path: Path
+    kube: Kube, namespace: str, operator_kubeconfig: Path, emqx_process: EmulatorProcess, tmp_path: Path
 ) -> None:
     first = issue("mqtt.example.com")
     kube.apply(
@@ -66,7 +66,7 @@ def test_create_rotate_restart_and_budget(
     kube.apply(dtls("broker", emqx_process.url), namespace=namespace)
     log = tmp_path / "operator.log"
     allow = ["--allowed-endpoints", emqx_process.url + "/", "--namespaces", namespace]
-    with operator(kube.kubeconfig, log, *allow):
+    with operator(operator_kubeconfig, log, *allow):
         wait_ready(kube, namespace, "broker")
         writes = emqx_process.writes()
         assert [w["method"] for w in writes] == ["POST"]
@@ -89,7 +89,7 @@ def test_create_rotate_restart_and_budget(
         assert [w["method"] for w in emqx_process.writes()] == ["POST", "PUT"]
 
     # a restart with everything in sync: no write at all
-    with operator(kube.kubeconfig, log, *allow):
+    with operator(operator_kubeconfig, log, *allow):
         kube.kubectl("annotate", "deploymenttls/broker", "-n", namespace, "certsync.io/requested-at=1", "--overwrite")
         wait_ready(kube, namespace, "broker")
         import time
@@ -148,7 +148,13 @@ def fingerprint(cert: Any) -> str:
     ],
 )
 def test_bad_inputs_stall_with_their_reason_and_write_nothing(
-    kube: Kube, namespace: str, emqx_process: EmulatorProcess, tmp_path: Path, case: str, reason: str
+    kube: Kube,
+    namespace: str,
+    operator_kubeconfig: Path,
+    emqx_process: EmulatorProcess,
+    tmp_path: Path,
+    case: str,
+    reason: str,
 ) -> None:
     import datetime as dt
 

@@ -31,12 +31,14 @@ from certsync.remote import (
     DEFAULT_RETRY,
     DEFAULT_TIMEOUT,
     BudgetGate,
+    Observer,
     RateLimitedError,
     RemoteError,
     RemoteStatusError,
     RetryPolicy,
     ServiceUnavailable,
     Sleep,
+    no_observer,
     parse_retry_after,
     send,
     short,
@@ -281,7 +283,9 @@ class CdnClient:
         per_minute: int = CDN_PER_MINUTE,
         retry: RetryPolicy = DEFAULT_RETRY,
         sleep: Sleep | None = None,
+        observe: Observer = no_observer,
     ) -> None:
+        self.observe = observe
         self._http = httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)
         self.gate = BudgetGate(budget or RateBudget())
         self.window = Window(limit=per_minute, period=60.0)
@@ -333,7 +337,7 @@ class CdnClient:
             f"{access.endpoint.rstrip('/')}/app/oauth/v1/token/",
             data={"username": access.username, "password": access.password},
         )
-        response = await send(self._http, request, lambda: "CDN login")
+        response = await send(self._http, request, "cdn", "login", observe=self.observe)
         if response.status_code == 401:
             self._refused[key] = access.password_digest()
             raise LoginRefused(401, f"wrong username or password for {access.username!r}")
@@ -378,7 +382,7 @@ class CdnClient:
             self.gate.acquire(scope, self.window)
             url = f"{access.endpoint.rstrip('/')}/app/ssl/v1/account/{access.account}/{path}"
             request = self._http.build_request(method, url, json=body, headers={"CDN-AUTH-TOKEN": token})
-            response = await send(self._http, request, lambda: f"CDN {method} {path}")
+            response = await send(self._http, request, "cdn", f"{method} {path.split('/')[0]}", observe=self.observe)
             if response.status_code == 401:
                 self._tokens.pop(access.token_key(), None)
                 if renewed or access.token:

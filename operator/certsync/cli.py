@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 
+from certsync import logs
 from certsync import settings as settings_module
 
 
@@ -20,7 +20,7 @@ def run_operator(argv: Sequence[str]) -> int:
 
     from certsync import handlers  # noqa: F401  (registers the handlers)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(config.log_format)
     memo = kopf.Memo(settings=config)
     asyncio.run(
         kopf.operator(

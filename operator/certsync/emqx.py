@@ -29,11 +29,13 @@ from certsync.remote import (
     DEFAULT_RETRY,
     DEFAULT_TIMEOUT,
     BudgetGate,
+    Observer,
     RateLimitedError,
     RemoteStatusError,
     RetryPolicy,
     ServiceUnavailable,
     Sleep,
+    no_observer,
     parse_retry_after,
     send,
     short,
@@ -44,6 +46,7 @@ TLSType = Literal["one-way", "two-way"]
 RemoteStatus = Literal["pending", "running"]
 NO_TLS_PATTERN = re.compile(r"no tls|tls is not configured|not configured", re.IGNORECASE)
 EXPIRE_FORMAT = "%Y-%m-%d %H:%M:%S"
+CALLS = {"GET": "get_tls", "POST": "create_tls", "PUT": "update_tls", "DELETE": "delete_tls"}
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,9 @@ class EmqxClient:
         write_window: Window = EMQX_WRITE,
         retry: RetryPolicy = DEFAULT_RETRY,
         sleep: Sleep | None = None,
+        observe: Observer = no_observer,
     ) -> None:
+        self.observe = observe
         self.retry = retry
         self._sleep = sleep
         self._http = httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)
@@ -199,7 +204,7 @@ class EmqxClient:
         url = f"{access.endpoint.rstrip('/')}/deployments/{deployment_id}/tls"
         request = self._http.build_request(method, url, json=body)
         auth = httpx.BasicAuth(access.api_key, access.api_secret)
-        response = await send(self._http, request, lambda: f"EMQX {method} {deployment_id}/tls", auth)
+        response = await send(self._http, request, "emqx", CALLS[method], auth=auth, observe=self.observe)
         if response.is_success:
             return response
         retry_after = None

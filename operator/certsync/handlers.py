@@ -20,17 +20,24 @@ from typing import Any
 
 import kopf
 import kubernetes
+from aiohttp import web
 
 from certsync import pki
 from certsync import reconcile as rc
 from certsync.budget import RateBudget
 from certsync.cdn import CdnAccess, CdnClient, CertificateExists
 from certsync.emqx import EmqxAccess, EmqxClient, TLSNotConfigured
+from certsync.metrics import Metrics
 from certsync.remote import RemoteError
 from certsync.settings import Settings, parse_duration
 
 GROUP, VERSION = "certsync.io", "v1alpha1"
 PLURALS = ("deploymenttlses", "cdncertificates", "letsencryptorders")
+KINDS = {
+    "deploymenttlses": "DeploymentTLS",
+    "cdncertificates": "CdnCertificate",
+    "letsencryptorders": "LetsEncryptOrder",
+}
 REQUESTED_AT = "certsync.io/requested-at"
 DELETE_ATTEMPTS = 5
 log = logging.getLogger("certsync")
@@ -46,6 +53,8 @@ class Runtime:
     cdn: CdnClient
     core: Any  # kubernetes.client.CoreV1Api
     custom: Any  # kubernetes.client.CustomObjectsApi
+    metrics: Metrics
+    server: web.AppRunner | None = None
     wake: dict[tuple[str, str, str], asyncio.Event] = field(default_factory=dict)
     seen: dict[tuple[str, str, str], tuple[Any, Any]] = field(default_factory=dict)
     forced: set[tuple[str, str, str]] = field(default_factory=set)
@@ -88,15 +97,23 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    # The CRDs exist before the operator starts: no need to watch CRDs or namespaces (and no RBAC for it).
+    settings.scanning.disabled = True
     budget = RateBudget()
-    memo["runtime"] = Runtime(
+    metrics = Metrics()
+    rt = Runtime(
         settings=config,
         budget=budget,
-        emqx=EmqxClient(budget=budget),
-        cdn=CdnClient(budget=budget, per_minute=config.cdn_budget_per_minute),
+        emqx=EmqxClient(budget=budget, observe=metrics.observe_request),
+        cdn=CdnClient(budget=budget, per_minute=config.cdn_budget_per_minute, observe=metrics.observe_request),
         core=kubernetes.client.CoreV1Api(),
         custom=kubernetes.client.CustomObjectsApi(),
+        metrics=metrics,
     )
+    rt.server = web.AppRunner(metrics.app(budget), access_log=None)
+    await rt.server.setup()
+    await web.TCPSite(rt.server, "0.0.0.0", config.metrics_port).start()  # probes come from the kubelet
+    memo["runtime"] = rt
 
 
 @kopf.on.cleanup()
@@ -105,6 +122,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if rt is not None:
         await rt.emqx.aclose()
         await rt.cdn.aclose()
+        if rt.server is not None:
+            await rt.server.cleanup()
 
 
 # --- what wakes a resource's daemon ----------------------------------------------------------
@@ -220,6 +239,13 @@ class Resource:
         if changed:
             await rt.patch_status(self.plural, self.namespace, self.name, new)
             self.local_status.update(new)
+        kind_label = KINDS[self.plural]
+        rt.metrics.reconciles.labels(kind_label, state.kind).inc()
+        rt.metrics.set_ready(kind_label, self.namespace, self.name, "True" if state.kind == "ready" else "False")
+        expiry = self.status.get("notAfter") or self.status.get("expire")
+        if isinstance(expiry, str) and expiry:
+            moment = dt.datetime.fromisoformat(expiry.replace("Z", "+00:00"))
+            rt.metrics.expiry.labels(kind_label, self.namespace, self.name).set(moment.timestamp())
         if old_reason != state.reason:
             kind = (
                 "Warning"
@@ -227,7 +253,7 @@ class Resource:
                 else "Normal"
             )
             kopf.event(self.body, type=kind, reason=state.reason, message=state.message)
-        self.logger.info(f"{state.kind}: {state.reason}: {state.message}")
+        self.logger.info(f"{state.kind}: {state.reason}: {state.message}", extra={"reason": state.reason})
         return delay
 
 
@@ -524,9 +550,10 @@ def _on_delete(plural: str) -> None:
         **_: Any,
     ) -> None:
         """With `Delete`, remove the remote certificate (404 counts as done); `Orphan` sends nothing."""
+        rt = runtime(memo)
+        rt.metrics.forget(KINDS[plural], str(namespace), str(body.metadata.name))
         if spec.get("deletionPolicy", "Orphan") != "Delete" or plural == "letsencryptorders":
             return
-        rt = runtime(memo)
         if not rt.settings.endpoint_allowed(str(spec.get("endpoint", ""))):
             return
         try:

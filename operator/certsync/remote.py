@@ -105,19 +105,35 @@ class BudgetGate:
         return max(0.0, until - self.budget.now())
 
 
+Observer = Callable[[str, str, str, float], None]
+"""Told of every request sent: api, call, HTTP code (or "error"), seconds. Metrics hang here."""
+
+
+def no_observer(api: str, call: str, code: str, seconds: float) -> None:
+    return None
+
+
 async def send(
     http: httpx.AsyncClient,
     request: httpx.Request,
-    describe: Callable[[], str],
+    api: str,
+    call: str,
+    *,
     auth: httpx.Auth | None = None,
+    observe: Observer = no_observer,
 ) -> httpx.Response:
     """Send one request, turning every transport failure into `TransportError`."""
+    started = time.perf_counter()
     try:
-        return await http.send(request, auth=auth)
+        response = await http.send(request, auth=auth)
     except httpx.TimeoutException as error:
-        raise TransportError(f"{describe()}: timed out ({type(error).__name__})") from error
+        observe(api, call, "error", time.perf_counter() - started)
+        raise TransportError(f"{api} {call}: timed out ({type(error).__name__})") from error
     except httpx.TransportError as error:
-        raise TransportError(f"{describe()}: {type(error).__name__}: {short(error)}") from error
+        observe(api, call, "error", time.perf_counter() - started)
+        raise TransportError(f"{api} {call}: {type(error).__name__}: {short(error)}") from error
+    observe(api, call, str(response.status_code), time.perf_counter() - started)
+    return response
 
 
 @dataclass(frozen=True)
