@@ -1,12 +1,20 @@
-"""Command line: `certsync run` (the operator, also `python -m certsync`) and `certsync emulator emqx|cdn`."""
+"""Command line: `certsync run` (the operator, also `python -m certsync`), `certsync check`, `certsync emulator`."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import base64
+import datetime as dt
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from certsync import logs
+import yaml
+
+from certsync import logs, pki
+from certsync import reconcile as rc
 from certsync import settings as settings_module
 
 
@@ -33,8 +41,55 @@ def run_operator(argv: Sequence[str]) -> int:
     return 0
 
 
+def check(argv: Sequence[str]) -> int:
+    """Validate a tls Secret offline with the operator's own checks; exit 1 with its reason on failure."""
+    parser = argparse.ArgumentParser(prog="certsync check", description=check.__doc__)
+    parser.add_argument("manifest", nargs="?", type=Path, help="a YAML file with one or more kubernetes.io/tls Secrets")
+    parser.add_argument("--cert", type=Path, help="PEM chain (tls.crt), with --key")
+    parser.add_argument("--key", type=Path, help="PEM private key (tls.key), with --cert")
+    args = parser.parse_args(argv)
+    if bool(args.manifest) == bool(args.cert or args.key) or bool(args.cert) != bool(args.key):
+        parser.error("give either a manifest, or both --cert and --key")
+    now = dt.datetime.now(dt.UTC)
+    secrets: list[tuple[str, rc.SecretView]] = []
+    try:
+        if args.manifest:
+            for doc in yaml.safe_load_all(args.manifest.read_text()):
+                if isinstance(doc, dict) and doc.get("kind") == "Secret":
+                    secrets.append((str(doc.get("metadata", {}).get("name", "?")), _secret_view(doc)))
+        else:
+            data = {"tls.crt": args.cert.read_bytes(), "tls.key": args.key.read_bytes()}
+            secrets.append((args.cert.name, rc.SecretView(rc.TLS_SECRET_TYPE, data)))
+    except (OSError, yaml.YAMLError, ValueError) as error:
+        print(f"certsync check: cannot read input: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
+    if not secrets:
+        print("certsync check: no Secret found in the manifest", file=sys.stderr)
+        return 2
+    failed = 0
+    for name, secret in secrets:
+        result = rc.check_tls_secret(name, secret, now)
+        if isinstance(result, rc.Problem):
+            failed += 1
+            print(f"{name}: {result.reason}: {result.message}")
+        else:
+            leaf = result.bundle.leaf
+            print(
+                f"{name}: Valid: CN {leaf.subject_cn!r}, expires {pki.rfc3339(leaf.not_after)}, SHA-256 {leaf.sha256}"
+            )
+    return 1 if failed else 0
+
+
+def _secret_view(doc: dict[str, Any]) -> rc.SecretView:
+    data = {k: base64.b64decode(v) for k, v in (doc.get("data") or {}).items()}
+    data.update({k: str(v).encode() for k, v in (doc.get("stringData") or {}).items()})
+    return rc.SecretView(str(doc.get("type", "Opaque")), data)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "check":
+        return check(args[1:])
     if args and args[0] == "emulator":
         from certsync.emulators.__main__ import main as emulator_main
 

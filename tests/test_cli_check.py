@@ -1,0 +1,68 @@
+"""`certsync check` gives the operator's own reasons for a tls Secret, offline."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.factory import issue, three_level
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "certsync", "check", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def manifest(path: Path, cert: bytes, key: bytes, kind: str = "kubernetes.io/tls") -> Path:
+    doc = {"apiVersion": "v1", "kind": "Secret", "type": kind, "metadata": {"name": "web-tls"},
+           "data": {"tls.crt": base64.b64encode(cert).decode(), "tls.key": base64.b64encode(key).decode()}}  # fmt: skip
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_good_chain_passes(tmp_path: Path) -> None:
+    chain = three_level("web.example.com")
+    result = run(str(manifest(tmp_path / "s.yaml", chain.pem, chain.leaf.key_pem())))
+    assert result.returncode == 0 and "web-tls: Valid: CN 'web.example.com'" in result.stdout
+    (tmp_path / "tls.crt").write_bytes(chain.pem)
+    (tmp_path / "tls.key").write_bytes(chain.leaf.key_pem())
+    assert run("--cert", str(tmp_path / "tls.crt"), "--key", str(tmp_path / "tls.key")).returncode == 0
+
+
+@pytest.mark.parametrize("case", ["mismatch", "expired", "misordered", "malformed", "opaque"])
+def test_bad_secrets_fail_with_the_operators_reason(tmp_path: Path, case: str) -> None:
+    chain = three_level("web.example.com")
+    cert, key, kind = chain.pem, chain.leaf.key_pem(), "kubernetes.io/tls"
+    expected = {"mismatch": "KeyMismatch", "expired": "CertificateExpired", "misordered": "ChainInvalid",
+                "malformed": "InvalidCertificate", "opaque": "InvalidSecret"}[case]  # fmt: skip
+    if case == "mismatch":
+        key = issue("other").key_pem()
+    elif case == "expired":
+        old = issue(
+            "old.example.com",
+            not_before=dt.datetime(2020, 1, 1, tzinfo=dt.UTC),
+            not_after=dt.datetime(2021, 1, 1, tzinfo=dt.UTC),
+        )
+        cert, key = old.cert_pem, old.key_pem()
+    elif case == "misordered":
+        cert = chain.leaf.cert_pem + chain.root.cert_pem
+    elif case == "malformed":
+        cert = b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n"
+    elif case == "opaque":
+        kind = "Opaque"
+    result = run(str(manifest(tmp_path / "s.yaml", cert, key, kind)))
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"web-tls: {expected}: ")
+    assert key.decode().splitlines()[1] not in result.stdout + result.stderr
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    assert run().returncode == 2
+    assert run(str(tmp_path / "missing.yaml")).returncode == 2
