@@ -7,8 +7,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from certsync import pki
+
 from tests.factory import issue
 from tests.kube import Kube
 from tests.processes import EmulatorProcess, operator

@@ -16,6 +16,7 @@ from tests.processes import EmulatorProcess, emulator, operator
 
 pytestmark = pytest.mark.e2e
 KEY, SECRET = "e2e-key", "e2e-emqx-secret-9Jx"
+WINDOW = 60  # seconds: the emulator and the operator both run the 6-writes window this short
 
 
 def tls_secret(name: str, cert: bytes, key: bytes) -> dict[str, Any]:
@@ -38,7 +39,7 @@ def dtls(name: str, endpoint: str, deployment: str = "ge6a1a75", **spec: Any) ->
 @pytest.fixture
 def emqx_process() -> Iterator[EmulatorProcess]:
     with emulator("emqx", "--api-key", KEY, "--api-secret", SECRET, "--deployment", "ge6a1a75",
-                  "--deployment", "dep2", "--pending-seconds", "2") as running:  # fmt: skip
+                  "--deployment", "dep2", "--pending-seconds", "2", "--window-seconds", str(WINDOW)) as running:  # fmt: skip
         yield running
 
 
@@ -65,7 +66,14 @@ def test_create_rotate_restart_and_budget(
     )
     kube.apply(dtls("broker", emqx_process.url), namespace=namespace)
     log = tmp_path / "operator.log"
-    allow = ["--allowed-endpoints", emqx_process.url + "/", "--namespaces", namespace]
+    allow = [
+        "--allowed-endpoints",
+        emqx_process.url + "/",
+        "--namespaces",
+        namespace,
+        "--emqx-budget-window",
+        str(WINDOW),
+    ]
     with operator(operator_kubeconfig, log, *allow):
         wait_ready(kube, namespace, "broker")
         writes = emqx_process.writes()
@@ -120,6 +128,17 @@ def test_create_rotate_restart_and_budget(
         )
         calls = emqx_process.control("GET", "calls")["calls"]
         assert len(emqx_process.writes()) == 6 and all(c["status"] != 429 for c in calls)
+        # when the window frees, the pending rotation is written: a 7th write, still no 429
+        kube.kubectl(
+            "wait",
+            "-n",
+            namespace,
+            "--for=jsonpath={.status.fingerprint}=" + fingerprint(nth),
+            "deploymenttls/broker",
+            f"--timeout={WINDOW + 30}s",
+        )
+        calls = emqx_process.control("GET", "calls")["calls"]
+        assert len(emqx_process.writes()) == 7 and all(c["status"] != 429 for c in calls)
     text = log.read_text()
     for secret in (SECRET, first.key_pem().decode().splitlines()[1], second.key_pem().decode().splitlines()[1]):
         assert secret not in text

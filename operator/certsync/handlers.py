@@ -24,7 +24,7 @@ from aiohttp import web
 
 from certsync import pki
 from certsync import reconcile as rc
-from certsync.budget import RateBudget
+from certsync.budget import EMQX_READ, EMQX_WRITE, RateBudget, Window
 from certsync.cdn import CdnAccess, CdnClient, CertificateExists
 from certsync.emqx import EmqxAccess, EmqxClient, TLSNotConfigured
 from certsync.metrics import Metrics
@@ -104,7 +104,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     rt = Runtime(
         settings=config,
         budget=budget,
-        emqx=EmqxClient(budget=budget, observe=metrics.observe_request),
+        emqx=EmqxClient(
+            budget=budget,
+            observe=metrics.observe_request,
+            read_window=Window(EMQX_READ.limit, config.emqx_budget_window),
+            write_window=Window(EMQX_WRITE.limit, config.emqx_budget_window),
+        ),
         cdn=CdnClient(budget=budget, per_minute=config.cdn_budget_per_minute, observe=metrics.observe_request),
         core=kubernetes.client.CoreV1Api(),
         custom=kubernetes.client.CustomObjectsApi(),

@@ -7,7 +7,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 DEFAULT_ALLOWED = ("https://api.cdn.sber.cloud/",)
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -37,7 +37,8 @@ class Settings:
     log_format: str = "text"
     drift_interval: float = 6 * 3600.0
     cdn_budget_per_minute: int = 20
-    extra: Mapping[str, str] = field(default_factory=dict)
+    # The EMQX rate window. 3600 s is the provider's; shorter only against an emulator started with the same.
+    emqx_budget_window: float = 3600.0
 
     def endpoint_allowed(self, endpoint: str) -> bool:
         """A prefix match on the normalised URL; `http://` only where a prefix names it explicitly."""
@@ -59,6 +60,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=["json", "text"], help="CERTSYNC_LOG_FORMAT")
     p.add_argument("--drift-interval", help="default drift-check interval (CERTSYNC_DRIFT_INTERVAL)")
     p.add_argument("--cdn-budget-per-minute", help="CDN calls per minute per account (CERTSYNC_CDN_BUDGET_PER_MINUTE)")
+    p.add_argument("--emqx-budget-window", help="EMQX rate window, emulators only (CERTSYNC_EMQX_BUDGET_WINDOW)")
     return p
 
 
@@ -76,6 +78,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     log_format = pick(args.log_format, "CERTSYNC_LOG_FORMAT") or ("text" if sys.stderr.isatty() else "json")
     drift = pick(args.drift_interval, "CERTSYNC_DRIFT_INTERVAL") or "6h"
     budget = pick(args.cdn_budget_per_minute, "CERTSYNC_CDN_BUDGET_PER_MINUTE") or "20"
+    emqx_window = parse_duration(pick(args.emqx_budget_window, "CERTSYNC_EMQX_BUDGET_WINDOW") or "3600")
     if log_format not in ("json", "text"):
         raise SettingsError(f"CERTSYNC_LOG_FORMAT must be json or text, not {log_format!r}")
     if not port.isdigit() or not 0 <= int(port) < 65536:
@@ -93,4 +96,5 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         log_format=log_format,
         drift_interval=parse_duration(drift),
         cdn_budget_per_minute=int(budget),
+        emqx_budget_window=emqx_window,
     )
