@@ -13,7 +13,7 @@ from certsync.emulators import cdn as cdn_emulator
 from certsync.emulators import emqx as emqx_emulator
 from certsync.emulators.common import start
 
-from tests.e2e_fixtures import kube, namespace, operator_kubeconfig, sa_kubeconfig  # noqa: F401  (fixtures)
+from tests.e2e_fixtures import emqx_process, kube, namespace, operator_kubeconfig, sa_kubeconfig  # noqa: F401  (fixtures)
 
 EMQX_KEY, EMQX_SECRET = "test-key", "emqx-secret-Zq8w"
 CDN_USER, CDN_PASSWORD = "cdn-user", "cdn-password-X7p2"

@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 
 from tests.kube import REPO, Kube, controlplane_module
+from tests.processes import EmulatorProcess, emulator
+
+KEY, SECRET = "e2e-key", "e2e-emqx-secret-9Jx"
+WINDOW = 60  # seconds: the emulator and the operator both run the 6-writes window this short
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +53,11 @@ def operator_kubeconfig(kube: Kube, tmp_path_factory: pytest.TempPathFactory) ->
     token = kube.kubectl("create", "token", "certsync", "-n", "certsync-system", "--duration", "2h").stdout.strip()
     path = tmp_path_factory.mktemp("operator") / "certsync.kubeconfig"
     return controlplane_module().kubeconfig(kube.server, kube.ca, {"token": token}, path, "certsync-system")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def emqx_process() -> Iterator[EmulatorProcess]:
+    """The EMQX emulator as its own process, with the short rate window the e2e operator also uses."""
+    with emulator("emqx", "--api-key", KEY, "--api-secret", SECRET, "--deployment", "ge6a1a75",
+                  "--deployment", "dep2", "--pending-seconds", "2", "--window-seconds", str(WINDOW)) as running:  # fmt: skip
+        yield running

@@ -105,7 +105,8 @@ def test_letsencrypt_orders(
         kube.kubectl("wait", "-n", namespace, "--for=condition=Stalled", "letsencryptorder/img", "--timeout=90s")
     www = kube.get("letsencryptorder", "www", namespace)["status"]
     assert www["taskStatus"] == "processed" and www["certificateSeq"] >= 1 and www["notAfter"]
-    assert kube.get("letsencryptorder", "wild", namespace)["status"]["certificateSeq"] >= 1
+    wild = kube.get("letsencryptorder", "wild", namespace)["status"]
+    assert wild["certificateSeq"] >= 1 and wild["certificateSeq"] != www["certificateSeq"]
     assert reason(kube, "letsencryptorder", "img", namespace) == "OrderFailed"
     posts = [k for k in cdn_process.counts() if k.startswith("POST /app/ssl/v1/account/{account}/letsencrypt")]
     assert sum(cdn_process.counts()[k] for k in posts) == 3  # each order posted exactly once

@@ -9,10 +9,11 @@ import httpx
 import pytest
 from certsync import pki
 
+from tests.e2e_fixtures import KEY, SECRET
 from tests.factory import issue
 from tests.kube import Kube
 from tests.processes import EmulatorProcess, operator
-from tests.test_e2e_deploymenttls import KEY, SECRET, creds_secret, dtls, emqx_process, tls_secret  # noqa: F401
+from tests.test_e2e_deploymenttls import creds_secret, dtls, tls_secret
 
 pytestmark = pytest.mark.e2e
 

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.e2e_fixtures import KEY, SECRET, WINDOW
 from tests.factory import issue
 from tests.kube import Kube
-from tests.processes import EmulatorProcess, emulator, operator
+from tests.processes import EmulatorProcess, operator
 
 pytestmark = pytest.mark.e2e
-KEY, SECRET = "e2e-key", "e2e-emqx-secret-9Jx"
-WINDOW = 60  # seconds: the emulator and the operator both run the 6-writes window this short
 
 
 def tls_secret(name: str, cert: bytes, key: bytes) -> dict[str, Any]:
@@ -34,13 +32,6 @@ def dtls(name: str, endpoint: str, deployment: str = "ge6a1a75", **spec: Any) ->
         "spec": {"endpoint": endpoint, "credentialsSecretRef": {"name": "emqx-creds"}, "deploymentId": deployment,
                  "tlsType": "one-way", "secretName": "mqtt-tls", **spec},
     }  # fmt: skip
-
-
-@pytest.fixture
-def emqx_process() -> Iterator[EmulatorProcess]:
-    with emulator("emqx", "--api-key", KEY, "--api-secret", SECRET, "--deployment", "ge6a1a75",
-                  "--deployment", "dep2", "--pending-seconds", "2", "--window-seconds", str(WINDOW)) as running:  # fmt: skip
-        yield running
 
 
 def wait_ready(kube: Kube, namespace: str, name: str, condition: str = "Ready", timeout: str = "60s") -> None:

@@ -504,8 +504,11 @@ async def sync_order(rt: Runtime, r: Resource) -> float | None:
     async def issued() -> list[rc.IssuedCertificate]:
         found = []
         for item in await rt.cdn.list_certificates(access):
-            if "let's encrypt" in item.issuer.lower() and (not domains or item.covers(domains)):
-                found.append(rc.IssuedCertificate(item.seq, item.end_timestamp, (item.cn, *item.alt)))
+            names = (item.cn, *item.alt)
+            # HTTP-01 (resource orders) can never validate a wildcard name: such a certificate is a wildcard order's.
+            ours = item.covers(domains) if domains else not any(n.startswith("*.") for n in names)
+            if "let's encrypt" in item.issuer.lower() and ours:
+                found.append(rc.IssuedCertificate(item.seq, item.end_timestamp, names))
         return found
 
     certs = await issued() if (task == "processed" or (domains and status.get("orderedAt"))) else []

@@ -1,0 +1,37 @@
+"""The image cannot be built here (no container engine, no base-image registry): this installs the package
+the way the Dockerfile does, a wheel built from pyproject.toml and operator/, into a fresh environment."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+from tests.kube import REPO
+
+
+def test_wheel_installs_and_its_entry_points_run(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(wheels), str(REPO)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    [wheel] = list(wheels.glob("certsync-*.whl"))
+    env_dir = tmp_path / "env"
+    venv.create(
+        env_dir, system_site_packages=True, with_pip=False
+    )  # dependencies from this machine, as pip would fetch
+    python = env_dir / "bin" / "python"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--force-reinstall", str(wheel)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    where = subprocess.run([str(python), "-c", "import certsync, pathlib; print(certsync.__file__)"],
+                           check=True, capture_output=True, text=True).stdout  # fmt: skip
+    assert where.startswith(str(env_dir)), where
+    assert (Path(where.strip()).parent / "py.typed").exists()
+    check = subprocess.run([str(env_dir / "bin" / "certsync"), "check", "--help"], capture_output=True, text=True)
+    assert check.returncode == 0 and "tls Secret" in check.stdout
+    # the package never shadows the standard library's `operator` module
+    assert subprocess.run([str(python), "-c", "import operator; operator.itemgetter"], check=False).returncode == 0
