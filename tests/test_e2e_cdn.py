@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from tests.test_e2e_deploymenttls import creds_secret, tls_secret
 pytestmark = pytest.mark.e2e
 USER, PASSWORD = "e2e-user", "e2e-cdn-password-Q4"
 ADD = "POST /app/ssl/v1/account/{account}/certificate/"
+LIST = "GET /app/ssl/v1/account/{account}/certificate/"
+GET = "GET /app/ssl/v1/account/{account}/certificate/{seq}"
 
 
 @pytest.fixture
@@ -77,6 +80,32 @@ def test_add_adopt_rotate_delete(
         kube.kubectl("wait", "-n", namespace, "--for=condition=Ready", "cdncertificate/by-seq", "--timeout=60s")
         assert cdn_process.counts()[ADD] == 1
 
+        # a drift check of all three (forced by the annotation) costs one list call for the account, no get
+        before = cdn_process.counts()
+        synced = {
+            n: kube.get("cdncertificate", n, namespace)["status"]["lastSyncTime"]
+            for n in ("shop", "shop-again", "by-seq")
+        }
+        time.sleep(1.1)  # lastSyncTime has a resolution of one second
+        kube.kubectl(
+            "annotate",
+            "cdncertificate",
+            "shop",
+            "shop-again",
+            "by-seq",
+            "-n",
+            namespace,
+            "certsync.io/requested-at=drift",
+            "--overwrite",
+        )
+        deadline = time.monotonic() + 30
+        while any(kube.get("cdncertificate", n, namespace)["status"]["lastSyncTime"] == t for n, t in synced.items()):
+            assert time.monotonic() < deadline, "drift check did not run"
+            time.sleep(0.5)
+        after = cdn_process.counts()
+        assert after[LIST] - before[LIST] == 1
+        assert after.get(GET, 0) == before.get(GET, 0) and after[ADD] == 1
+
         # deleting an Orphan resource sends nothing; deleting the Delete one removes the remote certificate
         kube.kubectl("delete", "cdncertificate", "shop-again", "by-seq", "-n", namespace, "--timeout=60s")
         assert not any(c.startswith("DELETE") for c in cdn_process.counts())
@@ -118,3 +147,74 @@ def test_schema_refuses_both_resource_and_domains(kube: Kube, namespace: str) ->
     )
     assert refused.returncode != 0 and "exactly one of resourceId and domains" in refused.stderr
     assert json.loads(kube.kubectl("get", "letsencryptorders", "-n", namespace, "-o", "json").stdout)["items"] == []
+
+
+def test_459_adopts_the_existing_certificate(
+    kube: Kube,
+    namespace: str,
+    operator_kubeconfig: Path,
+    cdn_process: EmulatorProcess,
+    root_chain: Chain,
+    tmp_path: Path,
+) -> None:
+    """Someone added the same certificate, and the list lags behind: the add answers 459 and certsync adopts it."""
+    import httpx
+
+    token = httpx.post(f"{cdn_process.url}/app/oauth/v1/token/", data={"username": USER, "password": PASSWORD}).json()[
+        "token"
+    ]
+    body = {
+        "certificate": root_chain.pem.decode(),
+        "private_key": root_chain.leaf.key_pem().decode(),
+        "comment": "by hand",
+    }
+    added = httpx.post(
+        f"{cdn_process.url}/app/ssl/v1/account/acct1/certificate/", json=body, headers={"CDN-AUTH-TOKEN": token}
+    ).json()
+    seq = added["data"]["seq"]
+    cdn_process.control("POST", "letsencrypt", {"hideFromList": [{"seq": seq, "calls": 1}]})
+    kube.apply(creds_secret("cdn-creds", username=USER, password=PASSWORD),
+               tls_secret("shop-tls", root_chain.pem, root_chain.leaf.key_pem()), namespace=namespace)  # fmt: skip
+    kube.apply(cdn_cert("shop", cdn_process.url), namespace=namespace)
+    with operator(
+        operator_kubeconfig,
+        tmp_path / "op.log",
+        "--allowed-endpoints",
+        cdn_process.url + "/",
+        "--namespaces",
+        namespace,
+    ):
+        kube.kubectl("wait", "-n", namespace, "--for=condition=Ready", "cdncertificate/shop", "--timeout=60s")
+    assert kube.get("cdncertificate", "shop", namespace)["status"]["seq"] == seq
+    adds = [c for c in cdn_process.control("GET", "calls")["calls"] if f"{c['method']} {c['template']}" == ADD]
+    assert [c["status"] for c in adds] == [200, 200]  # ours answered 459 inside an HTTP 200 envelope
+    events = kube.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    assert "adopted existing certificate" in events and "(459)" in events
+
+
+def test_wrong_cdn_password_stalls_and_is_never_retried(
+    kube: Kube,
+    namespace: str,
+    operator_kubeconfig: Path,
+    cdn_process: EmulatorProcess,
+    root_chain: Chain,
+    tmp_path: Path,
+) -> None:
+    kube.apply(creds_secret("cdn-creds", username=USER, password="wrong-password-77"),
+               tls_secret("shop-tls", root_chain.pem, root_chain.leaf.key_pem()), namespace=namespace)  # fmt: skip
+    kube.apply(cdn_cert("shop", cdn_process.url), namespace=namespace)
+    log = tmp_path / "op.log"
+    with operator(operator_kubeconfig, log, "--allowed-endpoints", cdn_process.url + "/", "--namespaces", namespace):
+        kube.kubectl("wait", "-n", namespace, "--for=condition=Stalled", "cdncertificate/shop", "--timeout=60s")
+        assert reason(kube, "cdncertificate", "shop", namespace) == "CredentialsInvalid"
+        kube.kubectl(
+            "annotate", "cdncertificate/shop", "-n", namespace, "certsync.io/requested-at=again", "--overwrite"
+        )
+        time.sleep(3)
+        assert cdn_process.counts() == {"POST /app/oauth/v1/token/": 1}  # one wrong password, never a second
+        # the Secret changes: one new login, which succeeds
+        kube.apply(creds_secret("cdn-creds", username=USER, password=PASSWORD), namespace=namespace)
+        kube.kubectl("wait", "-n", namespace, "--for=condition=Ready", "cdncertificate/shop", "--timeout=60s")
+    assert cdn_process.counts()["POST /app/oauth/v1/token/"] == 2
+    text = log.read_text() + json.dumps(kube.get("cdncertificate", "shop", namespace))
+    assert "wrong-password-77" not in text and PASSWORD not in text

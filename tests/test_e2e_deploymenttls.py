@@ -215,3 +215,42 @@ def test_bad_inputs_stall_with_their_reason_and_write_nothing(
 def test_schema_refuses_two_way_without_ca(kube: Kube, namespace: str) -> None:
     refused = kube.apply(dtls("broker", "https://x.example", tlsType="two-way"), namespace=namespace, check=False)
     assert refused.returncode != 0 and "clientCA is required when tlsType is two-way" in refused.stderr
+
+
+def test_delete_policy_removes_remote_tls_and_never_hangs(
+    kube: Kube, namespace: str, operator_kubeconfig: Path, emqx_process: EmulatorProcess, tmp_path: Path
+) -> None:
+    cert = issue("mqtt.example.com")
+    kube.apply(
+        creds_secret("emqx-creds", apiKey=KEY, apiSecret=SECRET),
+        tls_secret("mqtt-tls", cert.cert_pem, cert.key_pem()),
+        namespace=namespace,
+    )
+    kube.apply(
+        dtls("broker", emqx_process.url, deletionPolicy="Delete"),
+        dtls("keep", emqx_process.url, deployment="dep2"),
+        namespace=namespace,
+    )
+    args = [
+        "--allowed-endpoints",
+        emqx_process.url + "/",
+        "--namespaces",
+        namespace,
+        "--emqx-budget-window",
+        str(WINDOW),
+    ]
+    with operator(operator_kubeconfig, tmp_path / "op.log", *args):
+        kube.kubectl("wait", "-n", namespace, "--for=condition=Ready", "deploymenttls", "--all", "--timeout=60s")
+        kube.kubectl("delete", "deploymenttls", "broker", "keep", "-n", namespace, "--timeout=60s")
+        assert emqx_process.control("GET", "tls/ge6a1a75") == {"installed": False}
+        assert emqx_process.control("GET", "tls/dep2")["installed"] is True  # Orphan: left alone
+
+        # a remote that refuses (the key lost its scope): one try, a warning event, and the finalizer goes
+        kube.apply(dtls("broker", emqx_process.url, deletionPolicy="Delete"), namespace=namespace)
+        kube.kubectl("wait", "-n", namespace, "--for=condition=Ready", "deploymenttls/broker", "--timeout=60s")
+        kube.apply(creds_secret("emqx-creds", apiKey="unscoped-key", apiSecret="unscoped-secret"), namespace=namespace)
+        kube.kubectl("delete", "deploymenttls", "broker", "-n", namespace, "--timeout=60s")
+    events = kube.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", "reason=DeleteFailed", "-o", "json"
+    ).stdout
+    assert "gave up removing the remote certificate after 1 tries" in events

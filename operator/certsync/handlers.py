@@ -14,6 +14,7 @@ import base64
 import contextlib
 import datetime as dt
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ from aiohttp import web
 from certsync import pki
 from certsync import reconcile as rc
 from certsync.budget import EMQX_READ, EMQX_WRITE, RateBudget, Window
-from certsync.cdn import CdnAccess, CdnClient, CertificateExists
+from certsync.cdn import CdnAccess, CdnCertificateInfo, CdnClient, CertificateExists
 from certsync.emqx import EmqxAccess, EmqxClient, TLSNotConfigured
 from certsync.metrics import Metrics
 from certsync.remote import RemoteError
@@ -40,6 +41,7 @@ KINDS = {
 }
 REQUESTED_AT = "certsync.io/requested-at"
 DELETE_ATTEMPTS = 5
+CDN_LIST_SHARE_S = 60.0  # drift checks of one account within this long share one list call
 log = logging.getLogger("certsync")
 
 
@@ -55,6 +57,8 @@ class Runtime:
     custom: Any  # kubernetes.client.CustomObjectsApi
     metrics: Metrics
     server: web.AppRunner | None = None
+    cdn_lists: dict[tuple[str, str], tuple[float, list[CdnCertificateInfo]]] = field(default_factory=dict)
+    cdn_list_locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     wake: dict[tuple[str, str, str], asyncio.Event] = field(default_factory=dict)
     seen: dict[tuple[str, str, str], tuple[Any, Any]] = field(default_factory=dict)
     forced: set[tuple[str, str, str]] = field(default_factory=set)
@@ -68,6 +72,16 @@ class Runtime:
             raise kopf.TemporaryError(f"reading Secret {name!r}: HTTP {error.status}", delay=10) from None
         data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
         return rc.SecretView(type=secret.type or "", data=data)
+
+    async def cdn_listing(self, access: CdnAccess) -> list[CdnCertificateInfo]:
+        """The account's certificate list, shared by every resource whose drift check falls in one cycle."""
+        key = (access.endpoint.rstrip("/"), access.account)
+        async with self.cdn_list_locks.setdefault(key, asyncio.Lock()):
+            cached = self.cdn_lists.get(key)
+            if cached is None or time.monotonic() - cached[0] > CDN_LIST_SHARE_S:
+                cached = (time.monotonic(), await self.cdn.list_certificates(access))
+                self.cdn_lists[key] = cached
+            return cached[1]
 
     async def patch_status(self, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         await asyncio.to_thread(
@@ -307,15 +321,22 @@ async def _precheck(rt: Runtime, r: Resource) -> rc.State | None:
     return None
 
 
-async def sync_deployment_tls(rt: Runtime, r: Resource) -> float | None:
+async def _tls_material(rt: Runtime, r: Resource, now: dt.datetime) -> rc.TLSMaterial | rc.State:
+    """The checks every certificate-pushing kind makes before anything else, in this order."""
     blocked = await _precheck(rt, r)
     if blocked:
-        return await r.finish(rt, blocked, {}, None)
+        return blocked
+    name = str(r.spec["secretName"])
+    material = rc.check_tls_secret(name, await rt.read_secret(r.namespace, name), now)
+    return material.state() if isinstance(material, rc.Problem) else material
+
+
+async def sync_deployment_tls(rt: Runtime, r: Resource) -> float | None:
     now = dt.datetime.now(dt.UTC)
     spec, status = r.spec, r.status
-    material = rc.check_tls_secret(spec["secretName"], await rt.read_secret(r.namespace, spec["secretName"]), now)
-    if isinstance(material, rc.Problem):
-        return await r.finish(rt, rc.State("stalled", material.reason, material.message), {}, None)
+    material = await _tls_material(rt, r, now)
+    if isinstance(material, rc.State):
+        return await r.finish(rt, material, {}, None)
     cacert: str | None = None
     if spec.get("tlsType") == "two-way":
         ref = spec.get("clientCA") or {}
@@ -325,12 +346,12 @@ async def sync_deployment_tls(rt: Runtime, r: Resource) -> float | None:
             ref["secretName"], ref.get("key", "ca.crt"), await rt.read_secret(r.namespace, ref["secretName"])
         )
         if isinstance(ca, rc.Problem):
-            return await r.finish(rt, rc.State("stalled", ca.reason, ca.message), {}, None)
+            return await r.finish(rt, ca.state(), {}, None)
         cacert = ca
     creds_name = spec["credentialsSecretRef"]["name"]
     creds = rc.credentials(creds_name, await rt.read_secret(r.namespace, creds_name), [("apiKey", "apiSecret")])
     if isinstance(creds, rc.Problem):
-        return await r.finish(rt, rc.State("stalled", creds.reason, creds.message), {}, None)
+        return await r.finish(rt, creds.state(), {}, None)
     access = EmqxAccess(spec["endpoint"], creds["apiKey"], creds["apiSecret"])
     deployment = spec["deploymentId"]
     scope, window = rt.emqx.scope(access, deployment, "PUT")
@@ -407,22 +428,25 @@ async def _cdn_access(rt: Runtime, r: Resource) -> CdnAccess | rc.Problem:
 
 
 async def sync_cdn_certificate(rt: Runtime, r: Resource) -> float | None:
-    blocked = await _precheck(rt, r)
-    if blocked:
-        return await r.finish(rt, blocked, {}, None)
     now = dt.datetime.now(dt.UTC)
     spec, status = r.spec, r.status
-    material = rc.check_tls_secret(spec["secretName"], await rt.read_secret(r.namespace, spec["secretName"]), now)
-    if isinstance(material, rc.Problem):
-        return await r.finish(rt, rc.State("stalled", material.reason, material.message), {}, None)
+    material = await _tls_material(rt, r, now)
+    if isinstance(material, rc.State):
+        return await r.finish(rt, material, {}, None)
     access = await _cdn_access(rt, r)
     if isinstance(access, rc.Problem):
-        return await r.finish(rt, rc.State("stalled", access.reason, access.message), {}, None)
+        return await r.finish(rt, access.state(), {}, None)
     sha1 = material.bundle.leaf.sha1
     drift = rt.settings.drift_interval
     plan = rc.plan_cdn_certificate(rc.CdnObserved(spec, status, sha1, None, None, listed=False))
     if plan.action == "done" and not r.forced and _fresh(status, now, drift):
         return await r.finish(rt, plan.state, {}, drift)
+    if plan.action == "done":
+        # Drift check: one list call per account serves every resource of that account in this cycle.
+        listed = {c.seq: c for c in await rt.cdn_listing(access)}
+        item = listed.get(int(status["seq"]))
+        if item is not None and item.end_timestamp == int(material.bundle.leaf.not_after.timestamp()):
+            return await r.finish(rt, plan.state, {"lastSyncTime": pki.rfc3339(now)}, drift)
     wanted_seq = status.get("seq") or spec.get("seq")
     by_seq = None
     if wanted_seq:
@@ -462,6 +486,9 @@ async def sync_cdn_certificate(rt: Runtime, r: Resource) -> float | None:
         kopf.event(r.body, type="Normal", reason="Rotated", message=f"patched certificate seq {seq}")
     elif plan.action == "adopt":
         kopf.event(r.body, type="Normal", reason="Adopted", message=f"adopted existing certificate seq {seq}")
+    if seq is None and plan.state.kind != "stalled":  # 459, yet the list did not show it (yet): look again
+        state = rc.State("reconciling", "Pending", "the remote has this certificate but did not list it yet")
+        return await r.finish(rt, state, {}, rc.POLL_FIRST_S)
     if plan.state.kind == "stalled" or seq is None:
         return await r.finish(rt, plan.state, {}, None)
     final = await rt.cdn.get_certificate(access, seq)
@@ -493,7 +520,7 @@ async def sync_order(rt: Runtime, r: Resource) -> float | None:
         return await r.finish(rt, rc.State("stalled", "InvalidSpec", "exactly one of resourceId and domains"), {}, None)
     access = await _cdn_access(rt, r)
     if isinstance(access, rc.Problem):
-        return await r.finish(rt, rc.State("stalled", access.reason, access.message), {}, None)
+        return await r.finish(rt, access.state(), {}, None)
     if status.get("certificateSeq") and not r.forced:
         return await r.finish(rt, rc.State("ready", "Synced", "certificate issued"), {}, None)
     now = dt.datetime.now(dt.UTC)
@@ -585,9 +612,9 @@ def _on_delete(plural: str) -> None:
                         raise
             kopf.event(body, type="Normal", reason="Deleted", message="removed the remote certificate")
         except RemoteError as error:
-            if retry + 1 >= DELETE_ATTEMPTS:
+            if not error.retryable or retry + 1 >= DELETE_ATTEMPTS:  # never hang on a remote that refuses
                 kopf.event(body, type="Warning", reason="DeleteFailed",
-                           message=f"gave up removing the remote certificate after {DELETE_ATTEMPTS} tries: "
+                           message=f"gave up removing the remote certificate after {retry + 1} tries: "
                                    f"{error.message}")  # fmt: skip
                 return
             raise kopf.TemporaryError(error.message, delay=error.retry_after or rc.poll_delay(retry)) from None

@@ -83,6 +83,9 @@ class Problem:
     message: str
     stalled: bool = True
 
+    def state(self) -> State:
+        return State("stalled" if self.stalled else "reconciling", self.reason, self.message)
+
 
 @dataclass(frozen=True)
 class TLSMaterial:

@@ -174,6 +174,7 @@ class CdnState:
     banned_until: dict[str, float] = field(default_factory=dict)
     orders: dict[str, Order] = field(default_factory=dict)
     next_seq: int = 1
+    hidden: dict[int, int] = field(default_factory=dict)  # seq -> list calls still to leave it out of
 
     def __post_init__(self) -> None:
         self.limit = SlidingLimit(self.config.rate_limit, 60.0)
@@ -327,7 +328,10 @@ def build_app(state: CdnState) -> web.Application:
         return body if isinstance(body, dict) else None
 
     async def list_certificates(_: web.Request) -> web.Response:
-        return envelope(0, [c.as_json(False) for c in state.certificates.values()], "")
+        shown = [c.as_json(False) for c in state.certificates.values() if not state.hidden.get(c.seq)]
+        for seq in list(state.hidden):
+            state.hidden[seq] -= 1
+        return envelope(0, shown, "")
 
     def _seq(request: web.Request) -> int | None:
         try:
@@ -419,10 +423,12 @@ def build_app(state: CdnState) -> web.Application:
         return _order(",".join(sorted(domains)), domains)
 
     async def control_letsencrypt(request: web.Request) -> web.Response:
-        """Control API: make orders for a resource or domain fail, or DNS of a domain broken."""
+        """Control API: orders that fail, DNS that is broken, certificates a list call leaves out."""
         body = await body_of(request) or {}
         config.failing.update(str(x) for x in body.get("failing", []))
         config.broken_dns.update(str(x) for x in body.get("brokenDns", []))
+        for item in body.get("hideFromList", []):  # a list that lags behind an add
+            state.hidden[int(item["seq"])] = int(item.get("calls", 1))
         return json_response({"failing": sorted(config.failing), "brokenDns": sorted(config.broken_dns)})
 
     app = web.Application(middlewares=[fault_middleware(core, lambda code: envelope(code)), api_guard])
