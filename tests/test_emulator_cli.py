@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 
+@pytest.mark.parametrize("command", [["-m", "certsync.emulators"], ["-m", "certsync", "emulator"]])
 @pytest.mark.parametrize(
     "args",
     [
@@ -17,9 +18,9 @@ import pytest
         ["cdn", "--account", "a", "--username", "u", "--password", "p", "--resource", "r1=www.example.com"],
     ],
 )
-def test_emulator_process_serves_and_stops_on_sigterm(args: list[str]) -> None:
+def test_emulator_process_serves_and_stops_on_sigterm(command: list[str], args: list[str]) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "certsync.emulators", *args, "--port", "0"],
+        [sys.executable, *command, *args, "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
