@@ -60,7 +60,9 @@ def main() -> int:
         kube.kubectl("apply", "-k", str(REPO / "deploy"))
         kube.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         token = kube.kubectl("create", "token", "certsync", "-n", "certsync-system").stdout.strip()
-        sa_config = controlplane_module().kubeconfig(plane.server, kube.ca, {"token": token}, work / "sa.kubeconfig")
+        sa_config = controlplane_module().kubeconfig(
+            plane.server, kube.ca, {"token": token}, work / "sa.kubeconfig", "certsync-system"
+        )
         chain = three_level("www.shop.example")
         (work / "root.pem").write_bytes(chain.root.cert_pem)
         tls = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",

@@ -36,13 +36,20 @@ pytestmark = pytest.mark.e2e
         ("delete", "events", False),
         ("list", "customresourcedefinitions.apiextensions.k8s.io", False),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io", False),
+        ("update", "leases.coordination.k8s.io", False),  # leases only in its own namespace, below
+        ("update", "leases.coordination.k8s.io@certsync-system", True),
+        ("delete", "leases.coordination.k8s.io@certsync-system", False),
+        ("get", "secrets@certsync-system", True),
     ],
 )
 def test_service_account_is_least_privilege(
     kube: Kube, namespace: str, operator_kubeconfig: Path, verb: str, resource: str, allowed: bool
 ) -> None:
+    resource, _, where = resource.partition("@")
     sub = resource.split("/", 1)
-    args = ["auth", "can-i", verb, sub[0], "-n", namespace] + (["--subresource", sub[1]] if len(sub) > 1 else [])
+    args = ["auth", "can-i", verb, sub[0], "-n", where or namespace] + (
+        ["--subresource", sub[1]] if len(sub) > 1 else []
+    )
     answer = kube.kubectl(*args, kubeconfig=operator_kubeconfig, check=False).stdout.strip()
     assert answer == ("yes" if allowed else "no")
 

@@ -6,16 +6,20 @@ import argparse
 import asyncio
 import base64
 import datetime as dt
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
+from aiohttp import web
 
 from certsync import logs, pki
 from certsync import reconcile as rc
 from certsync import settings as settings_module
+from certsync.budget import RateBudget
+from certsync.metrics import Metrics
 
 
 def run_operator(argv: Sequence[str]) -> int:
@@ -29,16 +33,50 @@ def run_operator(argv: Sequence[str]) -> int:
     from certsync import handlers  # noqa: F401  (registers the handlers)
 
     logs.configure(config.log_format)
-    memo = kopf.Memo(settings=config)
-    asyncio.run(
-        kopf.operator(
-            standalone=True,
+    asyncio.run(_operate(config, kopf.Memo(settings=config, budget=RateBudget(), metrics=Metrics())))
+    return 0
+
+
+async def _operate(config: settings_module.Settings, memo: Any) -> None:
+    """Stand by until this replica leads (Lease), then run kopf until stopped or leadership is lost."""
+    import kopf
+    import kubernetes
+
+    from certsync import leader
+
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    # Health and metrics are served from the start, also while a replica stands by.
+    server = web.AppRunner(memo["metrics"].app(memo["budget"]), access_log=None)
+    await server.setup()
+    await web.TCPSite(server, "0.0.0.0", config.metrics_port).start()  # probes come from the kubelet
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)  # kopf installs its own once it runs
+    lock = None
+    if config.leader_election:
+        lock = leader.LeaseLock(namespace=config.lease_namespace or leader.default_namespace())
+        if not await leader.lead(lock, stop):
+            await server.cleanup()
+            return
+    keeper = asyncio.create_task(leader.keep(lock, stop)) if lock else None
+    try:
+        await kopf.operator(
+            standalone=True,  # one replica acts at a time: the Lease decides which, not kopf peering
             clusterwide=not config.namespaces,
             namespaces=list(config.namespaces),
             memo=memo,
+            stop_flag=stop,
         )
-    )
-    return 0
+    finally:
+        if keeper is not None:
+            keeper.cancel()
+        if lock is not None:
+            await asyncio.to_thread(lock.release)
+        await server.cleanup()
 
 
 def check(argv: Sequence[str]) -> int:

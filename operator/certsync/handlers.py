@@ -21,7 +21,6 @@ from typing import Any
 
 import kopf
 import kubernetes
-from aiohttp import web
 
 from certsync import pki
 from certsync import reconcile as rc
@@ -56,7 +55,6 @@ class Runtime:
     core: Any  # kubernetes.client.CoreV1Api
     custom: Any  # kubernetes.client.CustomObjectsApi
     metrics: Metrics
-    server: web.AppRunner | None = None
     cdn_lists: dict[tuple[str, str], tuple[float, list[CdnCertificateInfo]]] = field(default_factory=dict)
     cdn_list_locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     wake: dict[tuple[str, str, str], asyncio.Event] = field(default_factory=dict)
@@ -107,14 +105,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     config: Settings = memo["settings"]
-    try:
-        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
     # The CRDs exist before the operator starts: no need to watch CRDs or namespaces (and no RBAC for it).
     settings.scanning.disabled = True
-    budget = RateBudget()
-    metrics = Metrics()
+    budget: RateBudget = memo["budget"]
+    metrics: Metrics = memo["metrics"]
     rt = Runtime(
         settings=config,
         budget=budget,
@@ -129,9 +123,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         custom=kubernetes.client.CustomObjectsApi(),
         metrics=metrics,
     )
-    rt.server = web.AppRunner(metrics.app(budget), access_log=None)
-    await rt.server.setup()
-    await web.TCPSite(rt.server, "0.0.0.0", config.metrics_port).start()  # probes come from the kubelet
     memo["runtime"] = rt
 
 
@@ -141,8 +132,6 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if rt is not None:
         await rt.emqx.aclose()
         await rt.cdn.aclose()
-        if rt.server is not None:
-            await rt.server.cleanup()
 
 
 # --- what wakes a resource's daemon ----------------------------------------------------------

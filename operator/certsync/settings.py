@@ -39,6 +39,8 @@ class Settings:
     cdn_budget_per_minute: int = 20
     # The EMQX rate window. 3600 s is the provider's; shorter only against an emulator started with the same.
     emqx_budget_window: float = 3600.0
+    leader_election: bool = True
+    lease_namespace: str = ""  # empty: the pod's namespace (in cluster) or the kubeconfig context's
 
     def endpoint_allowed(self, endpoint: str) -> bool:
         """A prefix match on the normalised URL; `http://` only where a prefix names it explicitly."""
@@ -60,6 +62,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=["json", "text"], help="CERTSYNC_LOG_FORMAT")
     p.add_argument("--drift-interval", help="default drift-check interval (CERTSYNC_DRIFT_INTERVAL)")
     p.add_argument("--cdn-budget-per-minute", help="CDN calls per minute per account (CERTSYNC_CDN_BUDGET_PER_MINUTE)")
+    p.add_argument(
+        "--leader-election", choices=["true", "false"], help="one replica acts at a time (CERTSYNC_LEADER_ELECTION)"
+    )
+    p.add_argument("--lease-namespace", help="namespace of the leader Lease (CERTSYNC_LEASE_NAMESPACE)")
     p.add_argument("--emqx-budget-window", help="EMQX rate window, emulators only (CERTSYNC_EMQX_BUDGET_WINDOW)")
     return p
 
@@ -79,6 +85,9 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     drift = pick(args.drift_interval, "CERTSYNC_DRIFT_INTERVAL") or "6h"
     budget = pick(args.cdn_budget_per_minute, "CERTSYNC_CDN_BUDGET_PER_MINUTE") or "20"
     emqx_window = parse_duration(pick(args.emqx_budget_window, "CERTSYNC_EMQX_BUDGET_WINDOW") or "3600")
+    election = (pick(args.leader_election, "CERTSYNC_LEADER_ELECTION") or "true").lower()
+    if election not in ("true", "false"):
+        raise SettingsError(f"CERTSYNC_LEADER_ELECTION must be true or false, not {election!r}")
     if log_format not in ("json", "text"):
         raise SettingsError(f"CERTSYNC_LOG_FORMAT must be json or text, not {log_format!r}")
     if not port.isdigit() or not 0 <= int(port) < 65536:
@@ -97,4 +106,6 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         drift_interval=parse_duration(drift),
         cdn_budget_per_minute=int(budget),
         emqx_budget_window=emqx_window,
+        leader_election=election == "true",
+        lease_namespace=pick(args.lease_namespace, "CERTSYNC_LEASE_NAMESPACE") or "",
     )
