@@ -89,3 +89,9 @@ def operator(kubeconfig: Path, log: Path, *args: str, log_format: str = "json") 
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def operator_args(namespace: str, *endpoints: str, window: int | None = None) -> list[str]:
+    """The operator's flags in the tests: its allowlist (the emulators), the test namespace, the budget window."""
+    args = ["--allowed-endpoints", ",".join(e + "/" for e in endpoints), "--namespaces", namespace]
+    return args + (["--emqx-budget-window", str(window)] if window else [])

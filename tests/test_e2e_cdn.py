@@ -12,7 +12,7 @@ import pytest
 
 from tests.factory import Chain, three_level
 from tests.kube import Kube
-from tests.processes import EmulatorProcess, emulator, operator
+from tests.processes import EmulatorProcess, emulator, operator, operator_args
 from tests.test_e2e_deploymenttls import creds_secret, tls_secret
 
 pytestmark = pytest.mark.e2e
@@ -34,6 +34,14 @@ def cdn_process(tmp_path: Path, root_chain: Chain) -> Iterator[EmulatorProcess]:
                   "--resource", "res1=www.shop.example", "--resource", "res2=img.shop.example",
                   "--failing", "res2", "--pending-seconds", "2", "--trusted-ca", str(tmp_path / "root.pem")) as running:  # fmt: skip
         yield running
+
+
+def cdn_inputs(chain: Chain, password: str = PASSWORD) -> list[dict[str, Any]]:
+    """The two Secrets a CdnCertificate of these tests reads: credentials and the certificate."""
+    return [
+        creds_secret("cdn-creds", username=USER, password=password),
+        tls_secret("shop-tls", chain.pem, chain.leaf.key_pem()),
+    ]
 
 
 def cdn_cert(name: str, endpoint: str, **spec: Any) -> dict[str, Any]:
@@ -60,11 +68,10 @@ def test_add_adopt_rotate_delete(
     root_chain: Chain,
     tmp_path: Path,
 ) -> None:
-    kube.apply(creds_secret("cdn-creds", username=USER, password=PASSWORD),
-               tls_secret("shop-tls", root_chain.pem, root_chain.leaf.key_pem()), namespace=namespace)  # fmt: skip
+    kube.apply(*cdn_inputs(root_chain), namespace=namespace)
     kube.apply(cdn_cert("shop", cdn_process.url, deletionPolicy="Delete"), namespace=namespace)
     log = tmp_path / "operator.log"
-    with operator(operator_kubeconfig, log, "--allowed-endpoints", cdn_process.url + "/", "--namespaces", namespace):
+    with operator(operator_kubeconfig, log, *operator_args(namespace, cdn_process.url)):
         kube.kubectl("wait", "-n", namespace, "--for=condition=Ready", "cdncertificate/shop", "--timeout=60s")
         status = kube.get("cdncertificate", "shop", namespace)["status"]
         assert status["cn"] == "www.shop.example" and status["chain"] == ["www.shop.example", "Test Intermediate CA"]
@@ -124,10 +131,7 @@ def test_letsencrypt_orders(
     with operator(
         kube.kubeconfig,
         tmp_path / "operator.log",
-        "--allowed-endpoints",
-        cdn_process.url + "/",
-        "--namespaces",
-        namespace,
+        *operator_args(namespace, cdn_process.url),
     ):
         for name in ("www", "wild"):
             kube.kubectl("wait", "-n", namespace, "--for=condition=Ready", f"letsencryptorder/{name}", "--timeout=90s")
@@ -173,16 +177,12 @@ def test_459_adopts_the_existing_certificate(
     ).json()
     seq = added["data"]["seq"]
     cdn_process.control("POST", "letsencrypt", {"hideFromList": [{"seq": seq, "calls": 1}]})
-    kube.apply(creds_secret("cdn-creds", username=USER, password=PASSWORD),
-               tls_secret("shop-tls", root_chain.pem, root_chain.leaf.key_pem()), namespace=namespace)  # fmt: skip
+    kube.apply(*cdn_inputs(root_chain), namespace=namespace)
     kube.apply(cdn_cert("shop", cdn_process.url), namespace=namespace)
     with operator(
         operator_kubeconfig,
         tmp_path / "op.log",
-        "--allowed-endpoints",
-        cdn_process.url + "/",
-        "--namespaces",
-        namespace,
+        *operator_args(namespace, cdn_process.url),
     ):
         kube.kubectl("wait", "-n", namespace, "--for=condition=Ready", "cdncertificate/shop", "--timeout=60s")
     assert kube.get("cdncertificate", "shop", namespace)["status"]["seq"] == seq
@@ -204,7 +204,7 @@ def test_wrong_cdn_password_stalls_and_is_never_retried(
                tls_secret("shop-tls", root_chain.pem, root_chain.leaf.key_pem()), namespace=namespace)  # fmt: skip
     kube.apply(cdn_cert("shop", cdn_process.url), namespace=namespace)
     log = tmp_path / "op.log"
-    with operator(operator_kubeconfig, log, "--allowed-endpoints", cdn_process.url + "/", "--namespaces", namespace):
+    with operator(operator_kubeconfig, log, *operator_args(namespace, cdn_process.url)):
         kube.kubectl("wait", "-n", namespace, "--for=condition=Stalled", "cdncertificate/shop", "--timeout=60s")
         assert reason(kube, "cdncertificate", "shop", namespace) == "CredentialsInvalid"
         kube.kubectl(

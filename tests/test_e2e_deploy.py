@@ -9,11 +9,11 @@ import httpx
 import pytest
 from certsync import pki
 
-from tests.e2e_fixtures import KEY, SECRET
+from tests.e2e_fixtures import SECRET
 from tests.factory import issue
 from tests.kube import Kube
-from tests.processes import EmulatorProcess, operator
-from tests.test_e2e_deploymenttls import creds_secret, dtls, tls_secret
+from tests.processes import EmulatorProcess, operator, operator_args
+from tests.test_e2e_deploymenttls import dtls, emqx_inputs
 
 pytestmark = pytest.mark.e2e
 
@@ -66,18 +66,14 @@ def test_metrics_during_a_run(
 ) -> None:
     cert = issue("metrics.example.com")
     kube.apply(
-        creds_secret("emqx-creds", apiKey=KEY, apiSecret=SECRET),
-        tls_secret("mqtt-tls", cert.cert_pem, cert.key_pem()),
+        *emqx_inputs(cert),
         namespace=namespace,
     )
     kube.apply(dtls("broker", emqx_process.url), namespace=namespace)
     with operator(
         operator_kubeconfig,
         tmp_path / "op.log",
-        "--allowed-endpoints",
-        emqx_process.url + "/",
-        "--namespaces",
-        namespace,
+        *operator_args(namespace, emqx_process.url),
     ) as running:
         kube.kubectl("wait", "-n", namespace, "--for=condition=Ready", "deploymenttls/broker", "--timeout=60s")
         assert httpx.get(running.metrics_url + "/healthz").status_code == 200

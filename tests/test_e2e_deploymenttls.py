@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from tests.e2e_fixtures import KEY, SECRET, WINDOW
-from tests.factory import issue
+from tests.factory import Issued, issue
 from tests.kube import Kube
-from tests.processes import EmulatorProcess, operator
+from tests.processes import EmulatorProcess, operator, operator_args
 
 pytestmark = pytest.mark.e2e
 
@@ -24,6 +24,14 @@ def tls_secret(name: str, cert: bytes, key: bytes) -> dict[str, Any]:
 
 def creds_secret(name: str, **values: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": values}
+
+
+def emqx_inputs(cert: Issued) -> list[dict[str, Any]]:
+    """The two Secrets a DeploymentTLS of these tests reads: credentials and the certificate."""
+    return [
+        creds_secret("emqx-creds", apiKey=KEY, apiSecret=SECRET),
+        tls_secret("mqtt-tls", cert.cert_pem, cert.key_pem()),
+    ]
 
 
 def dtls(name: str, endpoint: str, deployment: str = "ge6a1a75", **spec: Any) -> dict[str, Any]:
@@ -51,19 +59,13 @@ def test_create_rotate_restart_and_budget(
 ) -> None:
     first = issue("mqtt.example.com")
     kube.apply(
-        creds_secret("emqx-creds", apiKey=KEY, apiSecret=SECRET),
-        tls_secret("mqtt-tls", first.cert_pem, first.key_pem()),
+        *emqx_inputs(first),
         namespace=namespace,
     )
     kube.apply(dtls("broker", emqx_process.url), namespace=namespace)
     log = tmp_path / "operator.log"
     allow = [
-        "--allowed-endpoints",
-        emqx_process.url + "/",
-        "--namespaces",
-        namespace,
-        "--emqx-budget-window",
-        str(WINDOW),
+        *operator_args(namespace, emqx_process.url, window=WINDOW),
     ]
     with operator(operator_kubeconfig, log, *allow):
         wait_ready(kube, namespace, "broker")
@@ -200,10 +202,7 @@ def test_bad_inputs_stall_with_their_reason_and_write_nothing(
     with operator(
         kube.kubeconfig,
         tmp_path / "operator.log",
-        "--allowed-endpoints",
-        emqx_process.url + "/",
-        "--namespaces",
-        namespace,
+        *operator_args(namespace, emqx_process.url),
     ):
         kube.kubectl("wait", "-n", namespace, "--for=condition=Stalled", "deploymenttls/broker", "--timeout=60s")
     assert ready_reason(kube, namespace, "broker") == ("False", reason)
@@ -222,8 +221,7 @@ def test_delete_policy_removes_remote_tls_and_never_hangs(
 ) -> None:
     cert = issue("mqtt.example.com")
     kube.apply(
-        creds_secret("emqx-creds", apiKey=KEY, apiSecret=SECRET),
-        tls_secret("mqtt-tls", cert.cert_pem, cert.key_pem()),
+        *emqx_inputs(cert),
         namespace=namespace,
     )
     kube.apply(
@@ -232,12 +230,7 @@ def test_delete_policy_removes_remote_tls_and_never_hangs(
         namespace=namespace,
     )
     args = [
-        "--allowed-endpoints",
-        emqx_process.url + "/",
-        "--namespaces",
-        namespace,
-        "--emqx-budget-window",
-        str(WINDOW),
+        *operator_args(namespace, emqx_process.url, window=WINDOW),
     ]
     with operator(operator_kubeconfig, tmp_path / "op.log", *args):
         kube.kubectl("wait", "-n", namespace, "--for=condition=Ready", "deploymenttls", "--all", "--timeout=60s")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e_fixtures import KEY, SECRET, WINDOW
+from tests.e2e_fixtures import WINDOW
 from tests.factory import issue
 from tests.kube import Kube
-from tests.processes import EmulatorProcess, operator
-from tests.test_e2e_deploymenttls import creds_secret, dtls, fingerprint, tls_secret
+from tests.processes import EmulatorProcess, operator, operator_args
+from tests.test_e2e_deploymenttls import dtls, emqx_inputs, fingerprint, tls_secret
 
 pytestmark = pytest.mark.e2e
 
@@ -28,17 +28,11 @@ def test_only_the_leader_acts_and_the_standby_takes_over(
 ) -> None:
     cert = issue("mqtt.example.com")
     kube.apply(
-        creds_secret("emqx-creds", apiKey=KEY, apiSecret=SECRET),
-        tls_secret("mqtt-tls", cert.cert_pem, cert.key_pem()),
+        *emqx_inputs(cert),
         namespace=namespace,
     )
     args = [
-        "--allowed-endpoints",
-        emqx_process.url + "/",
-        "--namespaces",
-        namespace,
-        "--emqx-budget-window",
-        str(WINDOW),
+        *operator_args(namespace, emqx_process.url, window=WINDOW),
     ]
     leader_log, standby_log = tmp_path / "leader.log", tmp_path / "standby.log"
     leader = operator(operator_kubeconfig, leader_log, *args)
