@@ -247,3 +247,20 @@ def test_delete_policy_removes_remote_tls_and_never_hangs(
         "get", "events", "-n", namespace, "--field-selector", "reason=DeleteFailed", "-o", "json"
     ).stdout
     assert "gave up removing the remote certificate after 1 tries" in events
+
+
+def test_suspend_stops_all_remote_calls_until_resumed(
+    kube: Kube, namespace: str, operator_kubeconfig: Path, emqx_process: EmulatorProcess, tmp_path: Path
+) -> None:
+    kube.apply(*emqx_inputs(issue("mqtt.example.com")), namespace=namespace)
+    kube.apply(dtls("broker", emqx_process.url, suspend=True), namespace=namespace)
+    with operator(operator_kubeconfig, tmp_path / "op.log", *operator_args(namespace, emqx_process.url, window=WINDOW)):
+        reason = '--for=jsonpath={.status.conditions[?(@.type=="Ready")].reason}=Suspended'
+        kube.kubectl("wait", "-n", namespace, reason, "deploymenttls/broker", "--timeout=60s")
+        assert ready_reason(kube, namespace, "broker") == ("False", "Suspended")
+        assert emqx_process.counts() == {}
+        kube.kubectl(
+            "patch", "deploymenttls/broker", "-n", namespace, "--type=merge", "-p", '{"spec": {"suspend": false}}'
+        )
+        kube.kubectl("wait", "-n", namespace, "--for=condition=Ready", "deploymenttls/broker", "--timeout=60s")
+    assert [w["method"] for w in emqx_process.writes()] == ["POST"]

@@ -241,8 +241,6 @@ class Resource:
         old_reason = next((c.get("reason") for c in previous.get("conditions", []) if c.get("type") == "Ready"), None)
         new = {**updates, "observedGeneration": self.generation}
         new["conditions"] = rc.conditions(previous.get("conditions", []), state, self.generation, now)
-        if state.kind == "suspended":
-            new["conditions"][0]["reason"] = "Suspended"
         changed = any(previous.get(k) != v for k, v in new.items())
         if changed:
             await rt.patch_status(self.plural, self.namespace, self.name, new)
