@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -285,7 +286,9 @@ def check_chain_order(bundle: TLSBundle, now: dt.datetime) -> None:
 TLS_CHECKS: tuple[Check, ...] = (check_key_matches_leaf, check_leaf_valid_now, check_chain_order)
 
 
+@functools.lru_cache(maxsize=256)
 def load_bundle(cert_pem: bytes, key_pem: bytes) -> TLSBundle:
+    """Parse once per distinct input: loading an RSA key checks it (tens of ms), and every pass re-validates."""
     chain = parse_certificates(cert_pem)
     key = parse_private_key(key_pem)
     return TLSBundle(chain=chain, facts=tuple(certificate_facts(c) for c in chain), key=key)
