@@ -394,8 +394,7 @@ async def sync_deployment_tls(rt: Runtime, r: Resource) -> float | None:
         )
     if plan.action == "wait":
         updates = {**common, "pollAttempt": int(status.get("pollAttempt", 0)) + 1}
-        delay = 0.0 if r.forced else plan.requeue_after
-        return await r.finish(rt, plan.state, updates, delay)
+        return await r.finish(rt, plan.state, updates, plan.requeue_after)
     updates = {**common, "lastSyncTime": pki.rfc3339(now), "pollAttempt": 0}
     return await r.finish(rt, plan.state, updates, plan.requeue_after)
 
@@ -426,7 +425,7 @@ async def sync_cdn_certificate(rt: Runtime, r: Resource) -> float | None:
     sha1 = material.bundle.leaf.sha1
     drift = rt.settings.drift_interval
     plan = rc.plan_cdn_certificate(rc.CdnObserved(spec, status, sha1, None, None, listed=False))
-    if plan.action == "done" and not r.forced and _fresh(status, now, drift):
+    if plan.action == "done" and not r.forced and rc.synced_within(status, now, drift):
         return await r.finish(rt, plan.state, {}, drift)
     if plan.action == "done":
         # Drift check: one list call per account serves every resource of that account in this cycle.
@@ -443,15 +442,7 @@ async def sync_cdn_certificate(rt: Runtime, r: Resource) -> float | None:
         except RemoteError as error:
             if error.reason != "RemoteNotFound":
                 raise
-    by_fp = None
-    if by_seq is None:
-        for item in await rt.cdn.list_certificates(access):
-            detailed = (
-                await rt.cdn.get_certificate(access, item.seq) if item.cn == material.bundle.leaf.subject_cn else None
-            )
-            if detailed and detailed.leaf_fingerprint == sha1:
-                by_fp = rc.CdnRemote(detailed.seq, detailed.leaf_fingerprint)
-                break
+    by_fp = await _find_by_fingerprint(rt, access, material.bundle.leaf) if by_seq is None else None
     plan = rc.plan_cdn_certificate(rc.CdnObserved(spec, status, sha1, by_seq, by_fp, listed=True))
     comment = str(spec.get("comment") or f"{r.namespace}/{r.name}")
     seq = plan.seq
@@ -460,14 +451,12 @@ async def sync_cdn_certificate(rt: Runtime, r: Resource) -> float | None:
             seq = await rt.cdn.add_certificate(access, material.cert_pem, material.key_pem, comment)
             kopf.event(r.body, type="Normal", reason="Created", message=f"added certificate seq {seq}")
         except CertificateExists:
-            for item in await rt.cdn.list_certificates(access):
-                detailed = await rt.cdn.get_certificate(access, item.seq)
-                if detailed.leaf_fingerprint == sha1:
-                    seq = detailed.seq
-                    kopf.event(
-                        r.body, type="Normal", reason="Adopted", message=f"adopted existing certificate seq {seq} (459)"
-                    )
-                    break
+            found = await _find_by_fingerprint(rt, access, material.bundle.leaf)
+            if found is not None:
+                seq = found.seq
+                kopf.event(
+                    r.body, type="Normal", reason="Adopted", message=f"adopted existing certificate seq {seq} (459)"
+                )
     elif plan.action == "patch" and seq is not None:
         await rt.cdn.update_certificate(access, seq, certificate=material.cert_pem, private_key=material.key_pem)
         kopf.event(r.body, type="Normal", reason="Rotated", message=f"patched certificate seq {seq}")
@@ -490,9 +479,15 @@ async def sync_cdn_certificate(rt: Runtime, r: Resource) -> float | None:
     return await r.finish(rt, rc.State("ready", "Synced", f"certificate seq {final.seq} in sync"), updates, drift)
 
 
-def _fresh(status: Mapping[str, Any], now: dt.datetime, drift: float) -> bool:
-    since = rc._since(status, "lastSyncTime", now)
-    return since is not None and since < drift
+async def _find_by_fingerprint(rt: Runtime, access: CdnAccess, leaf: pki.CertificateFacts) -> rc.CdnRemote | None:
+    """The remote certificate with this leaf, if any: details (one call each) only for those with the same CN."""
+    for item in await rt.cdn.list_certificates(access):
+        if item.cn != leaf.subject_cn:
+            continue
+        detailed = await rt.cdn.get_certificate(access, item.seq)
+        if detailed.leaf_fingerprint == leaf.sha1:
+            return rc.CdnRemote(detailed.seq, detailed.leaf_fingerprint)
+    return None
 
 
 # --- LetsEncryptOrder ------------------------------------------------------------------------

@@ -171,7 +171,7 @@ class Plan:
     requeue_after: float | None = None
 
 
-def _since(status: Mapping[str, Any], key: str, now: dt.datetime) -> float | None:
+def seconds_since(status: Mapping[str, Any], key: str, now: dt.datetime) -> float | None:
     value = status.get(key)
     if not isinstance(value, str):
         return None
@@ -182,15 +182,20 @@ def _since(status: Mapping[str, Any], key: str, now: dt.datetime) -> float | Non
     return (now - then).total_seconds()
 
 
+def synced_within(status: Mapping[str, Any], now: dt.datetime, interval: float) -> bool:
+    """Whether the last successful sync is recent enough that no drift check is due."""
+    since = seconds_since(status, "lastSyncTime", now)
+    return since is not None and since < interval
+
+
 def plan_deployment_tls(o: EmqxObserved) -> Plan:
     """Decide the next step for a DeploymentTLS whose inputs are valid."""
     tls_type = str(o.spec.get("tlsType", "one-way"))
     recorded = o.status.get("fingerprint") == o.desired_fingerprint and o.status.get("tlsType") == tls_type
     if o.remote is None:
-        since_sync = _since(o.status, "lastSyncTime", o.now)
-        fresh = since_sync is not None and since_sync < o.drift_interval
+        fresh = synced_within(o.status, o.now, o.drift_interval)
         if recorded and o.status.get("remoteStatus") == "running" and fresh and not o.forced:
-            due = o.drift_interval - (since_sync or 0.0)
+            due = o.drift_interval - (seconds_since(o.status, "lastSyncTime", o.now) or 0.0)
             return Plan("done", State("ready", "Synced", "certificate in sync"), requeue_after=due)
         return Plan("read", State("reconciling", "Pending", "reading the remote TLS"))
     remote = o.remote
