@@ -9,10 +9,10 @@ from typing import Any
 import httpx
 import pytest
 from certsync.budget import RateBudget
-from certsync.emulators import cdn as cdn_emulator
-from certsync.emulators import emqx as emqx_emulator
-from certsync.emulators.common import start
 
+from emulators import cdn as cdn_emulator
+from emulators import emqx as emqx_emulator
+from emulators.common import start
 from tests.e2e_fixtures import emqx_process, kube, namespace, operator_kubeconfig, sa_kubeconfig  # noqa: F401  (fixtures)
 
 EMQX_KEY, EMQX_SECRET = "test-key", "emqx-secret-Zq8w"

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.kube import REPO, Kube, controlplane_module
-from tests.processes import EmulatorProcess, emulator
+from devkit import controlplane
+from devkit.kube import REPO, Kube
+from devkit.processes import EmulatorProcess, emulator
 
 KEY, SECRET = "e2e-key", "e2e-emqx-secret-9Jx"
 WINDOW = 60  # seconds: the emulator and the operator both run the 6-writes window this short
@@ -17,7 +18,6 @@ WINDOW = 60  # seconds: the emulator and the operator both run the 6-writes wind
 @pytest.fixture(scope="session")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
     """etcd + kube-apiserver built from the pinned Go modules, tied to this process (never outlives it)."""
-    controlplane = controlplane_module()
     root = tmp_path_factory.mktemp("controlplane")
     plane = controlplane.start(root / "run", tied_to_parent=True)
     cluster = Kube(plane.kubectl, plane.kubeconfig, plane.server, root / "run" / "pki" / "ca.crt")
@@ -52,7 +52,7 @@ def operator_kubeconfig(kube: Kube, tmp_path_factory: pytest.TempPathFactory) ->
     kube.kubectl("apply", "-k", str(REPO / "deploy"))
     token = kube.kubectl("create", "token", "certsync", "-n", "certsync-system", "--duration", "2h").stdout.strip()
     path = tmp_path_factory.mktemp("operator") / "certsync.kubeconfig"
-    return controlplane_module().kubeconfig(kube.server, kube.ca, {"token": token}, path, "certsync-system")  # type: ignore[no-any-return]
+    return controlplane.kubeconfig(kube.server, kube.ca, {"token": token}, path, "certsync-system")  # type: ignore[no-any-return]
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from certsync import cdn as api
 from certsync import pki
 from certsync.remote import RateLimitedError, RetryPolicy, ServiceUnavailable, TransportError
 
+from devkit.factory import NOW, issue, three_level
 from tests.conftest import CDN_PASSWORD, CDN_USER, Emulator
-from tests.factory import NOW, issue, three_level
 
 LOGIN = "POST /app/oauth/v1/token/"
 LIST = "GET /app/ssl/v1/account/{account}/certificate/"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.factory import issue, three_level
+from devkit.factory import issue, three_level
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,7 @@ from typing import Any
 import kubernetes
 import pytest
 
-from tests.kube import Kube
+from devkit.kube import Kube
 
 pytestmark = pytest.mark.e2e
 

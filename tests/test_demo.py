@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.kube import REPO
+from devkit.kube import REPO
 
 pytestmark = pytest.mark.e2e
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from tests.factory import Chain, three_level
-from tests.kube import Kube
-from tests.processes import EmulatorProcess, emulator, operator, operator_args
+from devkit.factory import Chain, three_level
+from devkit.kube import Kube
+from devkit.processes import EmulatorProcess, emulator, operator, operator_args
 from tests.test_e2e_deploymenttls import creds_secret, tls_secret
 
 pytestmark = pytest.mark.e2e

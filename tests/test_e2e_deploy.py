@@ -9,10 +9,10 @@ import httpx
 import pytest
 from certsync import pki
 
+from devkit.factory import issue
+from devkit.kube import Kube
+from devkit.processes import EmulatorProcess, operator, operator_args
 from tests.e2e_fixtures import SECRET
-from tests.factory import issue
-from tests.kube import Kube
-from tests.processes import EmulatorProcess, operator, operator_args
 from tests.test_e2e_deploymenttls import dtls, emqx_inputs
 
 pytestmark = pytest.mark.e2e

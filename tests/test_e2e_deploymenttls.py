@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from devkit.factory import Issued, issue
+from devkit.kube import Kube
+from devkit.processes import EmulatorProcess, operator, operator_args
 from tests.e2e_fixtures import KEY, SECRET, WINDOW
-from tests.factory import Issued, issue
-from tests.kube import Kube
-from tests.processes import EmulatorProcess, operator, operator_args
 
 pytestmark = pytest.mark.e2e
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from devkit.factory import issue
+from devkit.kube import Kube
+from devkit.processes import EmulatorProcess, operator, operator_args
 from tests.e2e_fixtures import WINDOW
-from tests.factory import issue
-from tests.kube import Kube
-from tests.processes import EmulatorProcess, operator, operator_args
 from tests.test_e2e_deploymenttls import dtls, emqx_inputs, fingerprint, tls_secret
 
 pytestmark = pytest.mark.e2e

@@ -7,11 +7,11 @@ import datetime as dt
 import pytest
 from certsync import emqx as api
 from certsync.budget import Window
-from certsync.emulators.emqx import EmqxConfig
 from certsync.remote import RateLimitedError, RetryPolicy, ServiceUnavailable, TransportError
 
+from devkit.factory import issue, three_level
+from emulators.emqx import EmqxConfig
 from tests.conftest import EMQX_KEY, EMQX_SECRET, Emulator
-from tests.factory import issue, three_level
 
 DEP = "ge6a1a75"
 

@@ -1,4 +1,4 @@
-"""`python -m certsync.emulators` runs each emulator as its own process, announces its URL and stops on SIGTERM."""
+"""`python -m emulators` runs each emulator as its own process, announces its URL and stops on SIGTERM."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import sys
 import httpx
 import pytest
 
+from devkit.kube import REPO
 
-@pytest.mark.parametrize("command", [["-m", "certsync.emulators"], ["-m", "certsync", "emulator"]])
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -18,9 +19,10 @@ import pytest
         ["cdn", "--account", "a", "--username", "u", "--password", "p", "--resource", "r1=www.example.com"],
     ],
 )
-def test_emulator_process_serves_and_stops_on_sigterm(command: list[str], args: list[str]) -> None:
+def test_emulator_process_serves_and_stops_on_sigterm(args: list[str]) -> None:
     process = subprocess.Popen(
-        [sys.executable, *command, *args, "--port", "0"],
+        [sys.executable, "-m", "emulators", *args, "--port", "0"],
+        cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

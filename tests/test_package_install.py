@@ -8,7 +8,7 @@ import sys
 import venv
 from pathlib import Path
 
-from tests.kube import REPO
+from devkit.kube import REPO
 
 
 def test_wheel_installs_and_its_entry_points_run(tmp_path: Path) -> None:

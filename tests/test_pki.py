@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 from certsync import pki
 
-from tests.factory import NOW, issue, three_level
+from devkit.factory import NOW, issue, three_level
 
 
 # Ed25519 has no traditional (PKCS#1/SEC1) encoding: PKCS#8 is its only PEM form.

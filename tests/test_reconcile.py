@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from certsync import reconcile as rc
 
-from tests.factory import issue
+from devkit.factory import issue
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 FP = "AA:BB"

@@ -1,4 +1,4 @@
-"""Command line: `certsync run` (the operator, also `python -m certsync`), `certsync check`, `certsync emulator`."""
+"""Command line: `certsync run` (the operator, also `python -m certsync`), `certsync check`."""
 
 from __future__ import annotations
 
@@ -128,10 +128,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "check":
         return check(args[1:])
-    if args and args[0] == "emulator":
-        from certsync.emulators.__main__ import main as emulator_main
-
-        return emulator_main(args[1:])
     if args and args[0] == "run":
         args = args[1:]
     return run_operator(args)

@@ -16,7 +16,7 @@ from certsync import pki
 from certsync import reconcile as rc
 from certsync.budget import EMQX_WRITE, BudgetExhausted, RateBudget, Scope
 
-from tests.factory import three_level
+from devkit.factory import three_level
 
 
 def measure(name: str, action: Callable[[], object], seconds: float = 1.0) -> None:

@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from certsync import pki
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from certsync import pki
-from certsync.emulators.common import EmulatorCore, SlidingLimit, control_routes, fault_middleware, json_response
+from emulators.common import EmulatorCore, SlidingLimit, control_routes, fault_middleware, json_response
 
 TOKEN_LIFETIME_S = 6 * 3600
 BAN_AFTER = 7

@@ -66,7 +66,7 @@ def issue(
         builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
     signer = issuer.key if issuer else key
     algorithm = None if isinstance(signer, ed25519.Ed25519PrivateKey) else hashes.SHA256()
-    return Issued(builder.sign(signer, algorithm), key)  # type: ignore[arg-type]
+    return Issued(builder.sign(signer, algorithm), key)
 
 
 @dataclass

@@ -15,10 +15,10 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from aiohttp import web
-
 from certsync import pki
 from certsync.emqx import format_expire
-from certsync.emulators.common import EmulatorCore, SlidingLimit, control_routes, fault_middleware, json_response
+
+from emulators.common import EmulatorCore, SlidingLimit, control_routes, fault_middleware, json_response
 
 
 @dataclass

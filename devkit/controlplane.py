@@ -8,8 +8,8 @@ etcd and kube-apiserver (RBAC on) on free ports, waits until `/readyz` says
 ok and writes an admin kubeconfig. Only the standard library and
 `cryptography` are needed.
 
-    controlplane.py up [--dir DIR]     start in the background; last line: the kubeconfig path
-    controlplane.py down [--dir DIR]   stop it and remove DIR
+    python -m devkit.controlplane up [--dir DIR]     start in the background; last line: the kubeconfig path
+    python -m devkit.controlplane down [--dir DIR]   stop it and remove DIR
 """
 
 from __future__ import annotations
@@ -35,16 +35,16 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-HERE = Path(__file__).resolve().parent
+BUILD = Path(__file__).resolve().parents[1] / "hack" / "controlplane" / "build"
 DEFAULT_DIR = Path(os.environ.get("CERTSYNC_CONTROLPLANE_DIR", "/tmp/certsync-controlplane"))
 READY_TIMEOUT_S = 120.0
 
 
 def build() -> Path:
     """The folder of the cached binaries, building them first if needed."""
-    out = subprocess.run([str(HERE / "build")], check=True, stdout=subprocess.PIPE, text=True)
+    out = subprocess.run([str(BUILD)], check=True, stdout=subprocess.PIPE, text=True)
     return Path(out.stdout.strip().splitlines()[-1])
 
 
@@ -89,7 +89,7 @@ def _cert(
         ]
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     if not ca:
-        usage = x509.ExtendedKeyUsageOID.SERVER_AUTH if server else x509.ExtendedKeyUsageOID.CLIENT_AUTH
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     return builder.sign(issuer[1] if issuer else key, hashes.SHA256())
 
@@ -276,7 +276,7 @@ def wait_ready(plane: ControlPlane, pki: Path) -> None:
             if process.poll() is not None:
                 log = (plane.root / "logs").glob("*.log")
                 tails = {p.name: p.read_text(errors="replace")[-2000:] for p in log}
-                raise RuntimeError(f"{process.args[0]} exited with {process.returncode}: {tails}")  # type: ignore[index]
+                raise RuntimeError(f"{process.args[0]!s} exited with {process.returncode}: {tails}")  # type: ignore[index]
         try:
             with urllib.request.urlopen(f"{plane.server}/readyz", context=context, timeout=5) as answer:
                 if answer.status == 200:

@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import yaml
 
+from devkit import controlplane
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def controlplane_module() -> ModuleType:
-    """hack/controlplane/controlplane.py is a script, not a package: load it by path, once."""
-    if "certsync_controlplane" in sys.modules:
-        return sys.modules["certsync_controlplane"]
-    path = REPO / "hack" / "controlplane" / "controlplane.py"
-    spec = importlib.util.spec_from_file_location("certsync_controlplane", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["certsync_controlplane"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @dataclass
@@ -81,6 +67,6 @@ class Kube:
             },
         )
         token = self.kubectl("create", "token", name, "-n", namespace, "--duration", "2h").stdout.strip()
-        return controlplane_module().kubeconfig(  # type: ignore[no-any-return]
+        return controlplane.kubeconfig(
             self.server, self.ca, {"token": token}, directory / f"{namespace}-{name}.kubeconfig", namespace
         )

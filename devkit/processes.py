@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 @dataclass
 class EmulatorProcess:
@@ -39,7 +41,7 @@ class EmulatorProcess:
 @contextmanager
 def emulator(*args: str) -> Iterator[EmulatorProcess]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "certsync.emulators", *args, "--port", "0"],
+        [sys.executable, "-m", "emulators", *args, "--port", "0"], cwd=REPO,
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     try:

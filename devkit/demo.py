@@ -6,7 +6,7 @@ EMQX and CDN emulators and the operator with its ServiceAccount's own token, app
 examples/ (endpoints pointed at the emulators, credentials set to the emulators', the
 certificate that cert-manager would write made here), waits until every resource is
 Ready, prints `kubectl get` of the three kinds, and cleans everything up on exit.
-It reuses the test helpers in tests/ (control plane, processes, certificates).
+It shares devkit/ (control plane, processes, certificates) with the tests.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from tests.factory import three_level  # noqa: E402
-from tests.kube import Kube, controlplane_module  # noqa: E402
-from tests.processes import emulator, operator  # noqa: E402
+from devkit import controlplane  # noqa: E402
+from devkit.factory import three_level  # noqa: E402
+from devkit.kube import Kube  # noqa: E402
+from devkit.processes import emulator, operator  # noqa: E402
 
 NAMESPACE = "demo"
 EMQX_KEY, EMQX_SECRET = "demo-key", "demo-emqx-secret"
@@ -54,13 +54,13 @@ def examples(emqx_url: str, cdn_url: str) -> list[dict[str, Any]]:
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="certsync-demo-"))
     print("certsync demo: starting the local control plane (first run builds it from Go modules) …", flush=True)
-    plane = controlplane_module().start(work / "controlplane", tied_to_parent=True)
+    plane = controlplane.start(work / "controlplane", tied_to_parent=True)
     try:
         kube = Kube(plane.kubectl, plane.kubeconfig, plane.server, work / "controlplane" / "pki" / "ca.crt")
         kube.kubectl("apply", "-k", str(REPO / "deploy"))
         kube.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         token = kube.kubectl("create", "token", "certsync", "-n", "certsync-system").stdout.strip()
-        sa_config = controlplane_module().kubeconfig(
+        sa_config = controlplane.kubeconfig(
             plane.server, kube.ca, {"token": token}, work / "sa.kubeconfig", "certsync-system"
         )
         chain = three_level("www.shop.example")

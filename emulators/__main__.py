@@ -1,4 +1,4 @@
-"""`python -m certsync.emulators emqx|cdn --port N …`: run one emulator until SIGTERM."""
+"""`python -m emulators emqx|cdn --port N …`: run one emulator until SIGTERM."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from certsync.emulators import cdn, emqx
-from certsync.emulators.common import start
+from emulators import cdn, emqx
+from emulators.common import start
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="python -m certsync.emulators", description=__doc__)
+    root = argparse.ArgumentParser(prog="python -m emulators", description=__doc__)
     kinds = root.add_subparsers(dest="kind", required=True)
 
     e = kinds.add_parser("emqx", help="EMQX Cloud deployment TLS API")
