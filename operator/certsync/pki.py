@@ -309,3 +309,33 @@ def parse_ca_bundle(data: bytes, what: str = "client CA") -> tuple[CertificateFa
 
 def rfc3339(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def material_digest(bundle: TLSBundle, *extra: str) -> str:
+    """SHA-256 over every certificate of the chain (DER), the key (PKCS#8 DER) and `extra` facts.
+
+    Whatever would be pushed is in it, so any change of a chain link, the key or a
+    setting pushed with them (tlsType, the client CA) changes the digest; PEM layout does not.
+    """
+    digest = hashes.Hash(hashes.SHA256())
+    for cert in bundle.chain:
+        digest.update(b"cert\0" + cert.public_bytes(serialization.Encoding.DER))
+    key_der = bundle.key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    digest.update(b"key\0" + key_der)
+    for item in extra:
+        digest.update(b"extra\0" + item.encode())
+    return digest.finalize().hex()
+
+
+def certificates_digest(data: bytes, what: str = "client CA") -> str:
+    """SHA-256 over the DER of every certificate in a PEM bundle (layout and comments do not count)."""
+    digest = hashes.Hash(hashes.SHA256())
+    for cert in parse_certificates(data, what):
+        digest.update(cert.public_bytes(serialization.Encoding.DER))
+    return digest.finalize().hex()
+
+
+def from_timestamp(seconds: int | float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC)

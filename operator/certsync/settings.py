@@ -41,6 +41,8 @@ class Settings:
     emqx_budget_window: float = 3600.0
     leader_election: bool = True
     lease_namespace: str = ""  # empty: the pod's namespace (in cluster) or the kubeconfig context's
+    # How long a deletion with `Delete` keeps retrying an unavailable remote before it releases the finalizer.
+    delete_timeout: float = 3600.0
 
     def endpoint_allowed(self, endpoint: str) -> bool:
         """A prefix match on the normalised URL; `http://` only where a prefix names it explicitly."""
@@ -66,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
         "--leader-election", choices=["true", "false"], help="one replica acts at a time (CERTSYNC_LEADER_ELECTION)"
     )
     p.add_argument("--lease-namespace", help="namespace of the leader Lease (CERTSYNC_LEASE_NAMESPACE)")
+    p.add_argument("--delete-timeout", help="how long deletion retries the remote (CERTSYNC_DELETE_TIMEOUT)")
     p.add_argument("--emqx-budget-window", help="EMQX rate window, emulators only (CERTSYNC_EMQX_BUDGET_WINDOW)")
     return p
 
@@ -84,6 +87,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     log_format = pick(args.log_format, "CERTSYNC_LOG_FORMAT") or ("text" if sys.stderr.isatty() else "json")
     drift = pick(args.drift_interval, "CERTSYNC_DRIFT_INTERVAL") or "6h"
     budget = pick(args.cdn_budget_per_minute, "CERTSYNC_CDN_BUDGET_PER_MINUTE") or "20"
+    delete_timeout = parse_duration(pick(args.delete_timeout, "CERTSYNC_DELETE_TIMEOUT") or "1h")
     emqx_window = parse_duration(pick(args.emqx_budget_window, "CERTSYNC_EMQX_BUDGET_WINDOW") or "3600")
     election = (pick(args.leader_election, "CERTSYNC_LEADER_ELECTION") or "true").lower()
     if election not in ("true", "false"):
@@ -108,4 +112,5 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         emqx_budget_window=emqx_window,
         leader_election=election == "true",
         lease_namespace=pick(args.lease_namespace, "CERTSYNC_LEASE_NAMESPACE") or "",
+        delete_timeout=delete_timeout,
     )

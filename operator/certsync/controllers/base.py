@@ -1,0 +1,210 @@
+"""What every controller shares: the pass's view of one resource, recording, writes guarded by a record, errors.
+
+A controller observes (Secrets, status, the remote), asks `certsync.reconcile`
+what to do, applies it and records the outcome in status. Every remote write
+goes through `guarded_write`: the intent is recorded first, the outcome right
+after, and nothing else is called in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from certsync.budget import RateBudget
+from certsync.cdn import CdnClient
+from certsync.emqx import EmqxClient
+from certsync.kube import KubeLayer, ObjectRef
+from certsync.metrics import Metrics
+from certsync.reconcile.conditions import State, conditions, jittered, parse_time, poll_delay
+from certsync.reconcile.record import Intent
+from certsync.reconcile.targets import Claim
+from certsync.remote import RateLimitedError, RemoteError
+from certsync.settings import Settings
+
+T = TypeVar("T")
+log = logging.getLogger("certsync")
+Owners = Callable[[str, str], list[Claim]]  # (plural, target key) -> every resource that names it
+
+
+@dataclass
+class Runtime:
+    """What every pass shares, created once at startup and closed at cleanup."""
+
+    settings: Settings
+    budget: RateBudget
+    emqx: EmqxClient
+    cdn: CdnClient
+    kube: KubeLayer
+    metrics: Metrics
+    owners: Owners = lambda plural, key: []
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+    # Credentials that last worked, per resource: a deletion after its Secret is gone still removes the remote
+    # certificate. Memory only, never written anywhere.
+    last_credentials: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+    # Resource Let's Encrypt orders run one at a time per account: (endpoint, account) -> the order holding it.
+    order_slots: dict[str, Claim] = field(default_factory=dict)
+    cdn_lists: dict[str, tuple[float, Any]] = field(default_factory=dict)
+    cdn_list_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def forget(self, key: tuple[str, str, str]) -> None:
+        """A deleted resource leaves nothing behind in memory."""
+        self.last_credentials.pop(key, None)
+        claim = Claim("", key[1], key[2])
+        for slot, holder in list(self.order_slots.items()):
+            if (holder.namespace, holder.name) == (claim.namespace, claim.name):
+                del self.order_slots[slot]
+
+
+KINDS = {
+    "deploymenttlses": "DeploymentTLS",
+    "cdncertificates": "CdnCertificate",
+    "letsencryptorders": "LetsEncryptOrder",
+}
+
+
+@dataclass
+class Resource:
+    """One resource as a pass sees it: spec, and status as last recorded (ours wins over a stale watch)."""
+
+    plural: str
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    created: str
+    spec: Mapping[str, Any]
+    watched: Mapping[str, Any]  # status as the watch last delivered it (may lag behind our own patches)
+    local: dict[str, Any] = field(default_factory=dict)  # what this process recorded: wins over the watch
+    forced: bool = False
+
+    @property
+    def status(self) -> dict[str, Any]:
+        merged = {**self.watched, **self.local}
+        return {k: v for k, v in merged.items() if v is not None}
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef(self.plural, KINDS[self.plural], self.namespace, self.name, self.uid)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.plural, self.namespace, self.name)
+
+    @property
+    def claim(self) -> Claim:
+        return Claim(self.created, self.namespace, self.name)
+
+
+async def record(rt: Runtime, r: Resource, updates: Mapping[str, Any]) -> None:
+    """Patch status now (retried with backoff by the Kubernetes layer) and keep our own view of it."""
+    current = r.status
+    changed = {k: v for k, v in updates.items() if current.get(k) != v}
+    if not changed:
+        return
+    await rt.kube.patch_status(r.ref, changed)
+    r.local.update(changed)
+
+
+async def event(rt: Runtime, r: Resource, type_: str, reason: str, message: str) -> None:
+    await rt.kube.event(r.ref, type_, reason, message)
+
+
+async def finish(
+    rt: Runtime, r: Resource, state: State, updates: Mapping[str, Any], delay: float | None
+) -> float | None:
+    """Record the pass's result (status written only when it changes) and say when to look again."""
+    now = rt.clock()
+    old_ready: dict[str, Any] = next((c for c in r.status.get("conditions", []) if c.get("type") == "Ready"), {})
+    new: dict[str, Any] = {**updates, "observedGeneration": r.generation}
+    new["conditions"] = conditions(r.status.get("conditions", []), state, r.generation, now)
+    await record(rt, r, new)
+    kind = KINDS[r.plural]
+    rt.metrics.reconciles.labels(kind, state.kind).inc()
+    rt.metrics.set_ready(kind, r.namespace, r.name, "True" if state.kind == "ready" else "False")
+    expiry = parse_time(r.status.get("notAfter") or r.status.get("expire"))
+    if expiry is not None:
+        rt.metrics.expiry.labels(kind, r.namespace, r.name).set(expiry.timestamp())
+    if old_ready.get("reason") != state.reason or old_ready.get("message") != state.message:
+        warning = state.kind == "stalled" or state.reason in ("RateLimited", "RemoteUnavailable", "InternalError")
+        if old_ready.get("reason") != state.reason:
+            await event(rt, r, "Warning" if warning else "Normal", state.reason, state.message)
+        log.info("%s %s/%s: %s: %s", kind, r.namespace, r.name, state.reason, state.message,
+                 extra={"reason": state.reason})  # fmt: skip
+    return delay
+
+
+class OutcomeUnknown(RemoteError):
+    """A write was sent and its answer lost (timeout, reset, 5xx): the next pass reads before anything else."""
+
+    reason = "RemoteUnavailable"
+    retryable = True
+
+
+def write_not_done(error: RemoteError) -> bool:
+    """The remote did not apply the write: refused it (4xx) or it was never sent / answered 429."""
+    return isinstance(error, RateLimitedError) or not error.retryable
+
+
+async def guarded_write(
+    rt: Runtime,
+    r: Resource,
+    intent: Intent,
+    call: Callable[[], Awaitable[T]],
+    outcome: Callable[[T], Mapping[str, Any]],
+) -> T:
+    """Record the intent, write, record the outcome; shielded from cancellation between the write and its record."""
+    await record(rt, r, {"intent": intent.to_status()})
+
+    async def write_and_record() -> T:
+        try:
+            result = await call()
+        except RemoteError as error:
+            if write_not_done(error):
+                await record(rt, r, {"intent": None})
+                raise
+            raise OutcomeUnknown(f"{error.message}; the write's outcome is unknown: reading before any retry",
+                                 retry_after=error.retry_after) from error  # fmt: skip
+        await record(rt, r, {**outcome(result), "intent": None})
+        return result
+
+    return await asyncio.shield(asyncio.ensure_future(write_and_record()))
+
+
+def state_for_error(error: RemoteError, attempt: int) -> tuple[State, float | None]:
+    """The one place that turns a remote failure into conditions and a retry time (with jitter)."""
+    if error.retryable:
+        base = error.retry_after if error.retry_after is not None else poll_delay(attempt)
+        delay = base if error.retry_after is not None else jittered(base, random.random())
+        return State("reconciling", error.reason, f"{error.message}; retrying in {delay:.0f}s"), max(1.0, delay)
+    return State("stalled", error.reason, error.message), None
+
+
+def endpoint_of(spec: Mapping[str, Any], default: str = "") -> str:
+    """The endpoint as the target identity sees it: no trailing slash."""
+    return str(spec.get("endpoint") or default).rstrip("/")
+
+
+def precheck(rt: Runtime, r: Resource, default_endpoint: str = "") -> State | None:
+    """Suspension and the endpoint allowlist come before reading any Secret."""
+    if r.spec.get("suspend"):
+        return State("suspended", "Suspended", "spec.suspend is true: no remote calls")
+    endpoint = str(r.spec.get("endpoint") or default_endpoint)
+    if not rt.settings.endpoint_allowed(endpoint):
+        return State("stalled", "EndpointNotAllowed", f"endpoint {endpoint!r} is not in the operator's allowlist")
+    return None
+
+
+def conflict(rt: Runtime, r: Resource, target: str, what: str) -> State | None:
+    """`TargetConflict` unless this resource is the oldest of those naming `target`."""
+    from certsync.reconcile.targets import conflict_message, owner
+
+    holder = owner([*rt.owners(r.plural, target), r.claim])
+    if holder is None or (holder.namespace, holder.name) == (r.namespace, r.name):
+        return None
+    return State("stalled", "TargetConflict", conflict_message(what, holder))

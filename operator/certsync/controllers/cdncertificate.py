@@ -1,0 +1,232 @@
+"""CdnCertificate: find our remote certificate (by seq, else by fingerprint), patch or add it, record each step."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from certsync import pki
+from certsync.cdn import CdnAccess, CdnCertificateInfo, CertificateExists, RecordNotFound
+from certsync.controllers.base import (
+    Resource,
+    Runtime,
+    conflict,
+    endpoint_of,
+    event,
+    finish,
+    guarded_write,
+    precheck,
+    record,
+)
+from certsync.reconcile import Problem, State, TLSMaterial, check_tls_secret, credentials
+from certsync.reconcile import cdn as rc
+from certsync.reconcile.record import Intent, new_intent
+from certsync.reconcile.targets import target_key
+
+DEFAULT_ENDPOINT = "https://api.cdn.sber.cloud"
+LIST_SHARE_S = 60.0  # drift checks of one account within this long share one list call
+
+
+def target_of(spec: Mapping[str, Any]) -> str:
+    return target_key(endpoint_of(spec, DEFAULT_ENDPOINT), str(spec.get("account", "")))
+
+
+async def cdn_access(rt: Runtime, r: Resource) -> CdnAccess | Problem:
+    """The account's access from the credentials Secret: username/password, or a ready token."""
+    name = r.spec["credentialsSecretRef"]["name"]
+    secret = await rt.kube.read_secret(r.namespace, name)
+    creds = credentials(name, secret, [("token",), ("username", "password")])
+    if isinstance(creds, Problem):
+        return creds
+    return CdnAccess(
+        str(r.spec.get("endpoint") or DEFAULT_ENDPOINT), str(r.spec["account"]),
+        username=creds.get("username", ""), password=creds.get("password", ""), token=creds.get("token", ""),
+    )  # fmt: skip
+
+
+async def listing(rt: Runtime, access: CdnAccess) -> list[CdnCertificateInfo]:
+    """The account's certificate list, shared by every resource of the account that looks within one cycle."""
+    import asyncio
+
+    key = target_key(access.endpoint.rstrip("/"), access.account)
+    async with rt.cdn_list_locks.setdefault(key, asyncio.Lock()):
+        cached = rt.cdn_lists.get(key)
+        if cached is None or time.monotonic() - cached[0] > LIST_SHARE_S:
+            cached = (time.monotonic(), await rt.cdn.list_certificates(access))
+            rt.cdn_lists[key] = cached
+        return list(cached[1])
+
+
+def forget_listing(rt: Runtime, access: CdnAccess) -> None:
+    """After our own write the shared list is stale."""
+    rt.cdn_lists.pop(target_key(access.endpoint.rstrip("/"), access.account), None)
+
+
+def facts(material: TLSMaterial, seq: int) -> dict[str, Any]:
+    """Status from the certificate's own facts: no detail GET needed after a write."""
+    leaf = material.bundle.leaf
+    return {
+        "seq": seq, "cn": leaf.subject_cn, "alt": list(leaf.sans), "issuer": leaf.issuer,
+        "notBefore": pki.rfc3339(leaf.not_before), "notAfter": pki.rfc3339(leaf.not_after),
+        "fingerprint": leaf.sha1, "chain": [f.subject_cn for f in material.bundle.facts],
+    }  # fmt: skip
+
+
+async def sync(rt: Runtime, r: Resource) -> float | None:
+    now = rt.clock()
+    spec = r.spec
+    blocked = precheck(rt, r, DEFAULT_ENDPOINT)
+    if blocked:
+        return await finish(rt, r, blocked, {}, None)
+    name = str(spec["secretName"])
+    material = check_tls_secret(name, await rt.kube.read_secret(r.namespace, name), now)
+    if isinstance(material, Problem):
+        return await finish(rt, r, material.state(), {}, None)
+    access = await cdn_access(rt, r)
+    if isinstance(access, Problem):
+        return await finish(rt, r, access.state(), {}, None)
+    rt.last_credentials[r.key] = access
+    spec_seq = spec.get("seq")
+    desired = rc.Desired(
+        target=target_of(spec), digest=pki.material_digest(material.bundle), chain_sha1=material.chain_sha1,
+        leaf_cn=material.bundle.leaf.subject_cn, spec_seq=int(spec_seq) if spec_seq else None,
+    )  # fmt: skip
+    drift = rt.settings.drift_interval
+    seq = rc.wanted_seq(desired, rc.Record.from_status(r.status))
+    if seq is not None:
+        clash = conflict(rt, r, target_key(desired.target, str(seq)), f"certificate seq {seq}")
+        if clash:
+            return await finish(rt, r, clash, {}, None)
+
+    plan = rc.plan_without_read(desired, rc.Record.from_status(r.status), now, drift, r.forced)
+    if plan.action == "done":
+        return await finish(rt, r, plan.state, {}, plan.requeue_after)
+    if plan.action == "resolve":
+        await _resolve(rt, r, access, material)
+        plan = rc.plan_without_read(desired, rc.Record.from_status(r.status), now, drift, r.forced)
+        if plan.action == "done":
+            return await finish(rt, r, plan.state, {}, plan.requeue_after)
+    rec = rc.Record.from_status(r.status)
+    seq = rc.wanted_seq(desired, rec)
+    if seq is not None:
+        if rec.applied_digest == desired.digest and seq == rec.seq and not r.forced:
+            # A drift check: the shared list settles it when the certificate is listed with our expiry.
+            listed = {c.seq: c for c in await listing(rt, access)}
+            item = listed.get(seq)
+            if item is not None and item.end_timestamp == int(material.bundle.leaf.not_after.timestamp()):
+                state = State("ready", "Synced", f"certificate seq {seq} in sync")
+                return await finish(rt, r, state, {"lastSyncTime": pki.rfc3339(now)}, drift)
+        try:
+            remote = await rt.cdn.get_certificate(access, seq)
+            chain = tuple(link.fingerprint for link in remote.chain_info or ())
+        except RecordNotFound:
+            chain = None
+        action, state = rc.plan_for_seq(desired, rec, chain)
+        if action == "stall":
+            return await finish(rt, r, state, {}, None)
+        if action == "adopt":
+            updates = {**facts(material, seq), "appliedDigest": desired.digest, "target": desired.target,
+                       "lastSyncTime": pki.rfc3339(now)}  # fmt: skip
+            return await finish(rt, r, state, updates, drift)
+        if action == "patch":
+            return await _patch(rt, r, access, material, desired, seq)
+    return await _find_or_add(rt, r, access, material, desired)
+
+
+async def _patch(
+    rt: Runtime, r: Resource, access: CdnAccess, material: TLSMaterial, desired: rc.Desired, seq: int
+) -> float | None:
+    now = rt.clock()
+    intent = new_intent("patch", desired.target, desired.digest, now, seq=seq, chain=list(desired.chain_sha1))
+
+    def outcome(_: int) -> dict[str, Any]:
+        return {**facts(material, seq), "appliedDigest": desired.digest, "target": desired.target,
+                "lastSyncTime": pki.rfc3339(now), "lastWriteTime": pki.rfc3339(now)}  # fmt: skip
+
+    await guarded_write(rt, r, intent, lambda: rt.cdn.update_certificate(
+        access, seq, certificate=material.cert_pem, private_key=material.key_pem), outcome)  # fmt: skip
+    forget_listing(rt, access)
+    await event(rt, r, "Normal", "Rotated", f"patched certificate seq {seq}")
+    return await finish(
+        rt, r, State("ready", "Synced", f"certificate seq {seq} in sync"), {}, rt.settings.drift_interval
+    )
+
+
+async def _find_or_add(
+    rt: Runtime, r: Resource, access: CdnAccess, material: TLSMaterial, desired: rc.Desired
+) -> float | None:
+    now = rt.clock()
+    found = await find_by_fingerprint(rt, r, access, material, desired.target)
+    if found is not None:
+        updates = {**facts(material, found), "appliedDigest": desired.digest, "target": desired.target,
+                   "lastSyncTime": pki.rfc3339(now)}  # fmt: skip
+        await record(rt, r, updates)
+        await event(rt, r, "Normal", "Adopted", f"adopted existing certificate seq {found}")
+        state = State("ready", "Synced", f"certificate seq {found} in sync")
+        return await finish(rt, r, state, {}, rt.settings.drift_interval)
+    comment = str(r.spec.get("comment") or f"{r.namespace}/{r.name}")
+    intent = new_intent("add", desired.target, desired.digest, now, chain=list(desired.chain_sha1))
+
+    def outcome(seq: int) -> dict[str, Any]:
+        return {**facts(material, seq), "appliedDigest": desired.digest, "target": desired.target,
+                "lastSyncTime": pki.rfc3339(now), "lastWriteTime": pki.rfc3339(now)}  # fmt: skip
+
+    try:
+        seq = await guarded_write(
+            rt, r, intent, lambda: rt.cdn.add_certificate(access, material.cert_pem, material.key_pem, comment), outcome
+        )
+    except CertificateExists:
+        forget_listing(rt, access)
+        state = State("reconciling", "Pending", "the remote has this certificate (459) but did not list it yet")
+        return await finish(rt, r, state, {}, 5.0)
+    forget_listing(rt, access)
+    await event(rt, r, "Normal", "Created", f"added certificate seq {seq}")
+    return await finish(
+        rt, r, State("ready", "Synced", f"certificate seq {seq} in sync"), {}, rt.settings.drift_interval
+    )
+
+
+async def find_by_fingerprint(
+    rt: Runtime, r: Resource, access: CdnAccess, material: TLSMaterial, target: str, fresh: bool = False
+) -> int | None:
+    """The remote certificate holding our chain, unless another resource owns it; details only for the same CN."""
+    if fresh:
+        forget_listing(rt, access)
+    leaf = material.bundle.leaf
+    for item in await listing(rt, access):
+        if item.cn != leaf.subject_cn or conflict(rt, r, target_key(target, str(item.seq)), "") is not None:
+            continue
+        try:
+            detailed = await rt.cdn.get_certificate(access, item.seq)
+        except RecordNotFound:
+            continue
+        if rc.holds_chain(tuple(link.fingerprint for link in detailed.chain_info or ()), material.chain_sha1):
+            return detailed.seq
+    return None
+
+
+async def _resolve(rt: Runtime, r: Resource, access: CdnAccess, material: TLSMaterial) -> None:
+    """An add or patch whose outcome was never recorded: read, adopt what landed, else forget the intent."""
+    intent = Intent.from_status(r.status.get("intent"))
+    if intent is None:
+        return
+    chain = tuple(str(c) for c in intent.facts.get("chain", []))
+    landed: int | None = None
+    if intent.op == "patch" and isinstance(intent.facts.get("seq"), int):
+        seq = int(intent.facts["seq"])
+        try:
+            remote = await rt.cdn.get_certificate(access, seq)
+            if rc.holds_chain(tuple(link.fingerprint for link in remote.chain_info or ()), chain):
+                landed = seq
+        except RecordNotFound:
+            pass
+    elif intent.op == "add":
+        found = await find_by_fingerprint(rt, r, access, material, intent.target, fresh=True)
+        landed = found if found is not None and chain == material.chain_sha1 else None
+    updates: dict[str, Any] = {"intent": None}
+    if landed is not None:
+        updates.update(seq=landed, appliedDigest=intent.digest, target=intent.target)
+    await record(rt, r, updates)
+    if landed is not None:
+        await event(rt, r, "Normal", "Recovered", f"the unfinished {intent.op} had reached the remote (seq {landed})")

@@ -1,0 +1,117 @@
+"""Deletion with `deletionPolicy: Delete`: remove what this resource wrote, and neither leak nor wedge.
+
+The remote certificate is removed with the credentials the resource last used
+successfully when its Secret is already gone (a namespace being deleted);
+unavailability is retried with backoff until the bound set by
+`CERTSYNC_DELETE_TIMEOUT`, with a Warning each time, then the finalizer is
+released with a final Warning. A resource that never wrote (or lost its
+target to an older one) removes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from certsync.cdn import CdnAccess, RecordNotFound
+from certsync.controllers import cdncertificate, deploymenttls, letsencryptorder
+from certsync.controllers.base import Resource, Runtime, conflict, event, precheck
+from certsync.emqx import EmqxAccess, TLSNotConfigured
+from certsync.reconcile import Problem, credentials
+from certsync.reconcile.conditions import parse_time, poll_delay
+from certsync.reconcile.targets import target_key
+from certsync.remote import RemoteError
+
+Done = None
+
+
+async def delete(rt: Runtime, r: Resource, deleted_at: str | None, attempt: int) -> float | None:
+    """None when the finalizer may go; otherwise seconds until the next attempt."""
+    if r.spec.get("deletionPolicy", "Orphan") != "Delete":
+        return Done
+    blocked = precheck(rt, r, cdncertificate.DEFAULT_ENDPOINT)
+    if blocked is not None:
+        await event(rt, r, "Warning", "DeleteSkipped", f"remote certificate left in place: {blocked.message}")
+        return Done
+    remove = await _removal(rt, r)
+    if remove is None:
+        return Done
+    try:
+        await remove()
+    except RemoteError as error:
+        started = parse_time(deleted_at) or rt.clock()
+        elapsed = (rt.clock() - started).total_seconds()
+        if not error.retryable or elapsed >= rt.settings.delete_timeout:
+            why = "refused" if not error.retryable else f"still failing after {elapsed:.0f}s"
+            await event(rt, r, "Warning", "DeleteFailed",
+                        f"gave up removing the remote certificate ({why}): {error.message}")  # fmt: skip
+            return Done
+        delay = min(rt.settings.delete_timeout - elapsed, poll_delay(attempt) * random.uniform(0.5, 1.0))
+        await event(rt, r, "Warning", "DeleteRetrying",
+                    f"removing the remote certificate failed: {error.message}; retrying in {delay:.0f}s")  # fmt: skip
+        return max(1.0, delay)
+    await event(rt, r, "Normal", "Deleted", "removed the remote certificate")
+    return Done
+
+
+async def _removal(rt: Runtime, r: Resource) -> Callable[[], Awaitable[None]] | None:
+    """The call that removes what this resource wrote, or None when there is nothing of ours to remove."""
+    status = r.status
+    if r.plural == "deploymenttlses":
+        target = deploymenttls.target_of(r.spec)
+        if status.get("target") != target or conflict(rt, r, target, "") is not None:
+            return None
+        access = await _credentials(rt, r)
+        if access is None:
+            return None
+        assert isinstance(access, EmqxAccess)
+        deployment = str(r.spec["deploymentId"])
+
+        async def remove_tls() -> None:
+            with contextlib.suppress(TLSNotConfigured):  # already gone counts as removed
+                await rt.emqx.delete_tls(access, deployment)
+
+        return remove_tls
+    if r.plural == "cdncertificates":
+        seq = status.get("seq")
+        target = cdncertificate.target_of(r.spec)
+        if not isinstance(seq, int) or status.get("target") != target:
+            return None
+        if conflict(rt, r, target_key(target, str(seq)), "") is not None:
+            return None
+    else:
+        seq = status.get("certificateSeq")
+        if not isinstance(seq, int) or status.get("target") != letsencryptorder.target_of(r.spec):
+            return None
+    cdn = await _credentials(rt, r)
+    if cdn is None:
+        return None
+    assert isinstance(cdn, CdnAccess)
+    number = seq
+
+    async def remove_certificate() -> None:
+        with contextlib.suppress(RecordNotFound):  # already gone counts as removed
+            await rt.cdn.delete_certificate(cdn, number)
+
+    return remove_certificate
+
+
+async def _credentials(rt: Runtime, r: Resource) -> Any:
+    """Credentials from the Secret, else the last ones that worked (kept in memory only), else None."""
+    name = r.spec["credentialsSecretRef"]["name"]
+    secret = await rt.kube.read_secret(r.namespace, name)
+    if r.plural == "deploymenttlses":
+        creds = credentials(name, secret, [("apiKey", "apiSecret")])
+        if not isinstance(creds, Problem):
+            return EmqxAccess(str(r.spec["endpoint"]), creds["apiKey"], creds["apiSecret"])
+    else:
+        access = await cdncertificate.cdn_access(rt, r)
+        if not isinstance(access, Problem):
+            return access
+    remembered = rt.last_credentials.get(r.key)
+    if remembered is None:
+        why = f"credentials Secret {name!r} is gone and none is remembered: remote certificate left in place"
+        await event(rt, r, "Warning", "DeleteSkipped", why)
+    return remembered

@@ -1,0 +1,161 @@
+"""DeploymentTLS: observe (Secrets, status, GET), plan (`reconcile.deploymenttls`), apply (POST/PUT), record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from certsync import pki
+from certsync.controllers.base import (
+    Resource,
+    Runtime,
+    conflict,
+    endpoint_of,
+    event,
+    finish,
+    guarded_write,
+    precheck,
+    record,
+)
+from certsync.emqx import DeploymentTLSInfo, EmqxAccess, TLSNotConfigured
+from certsync.reconcile import State, TLSMaterial, check_ca_secret, check_tls_secret, credentials
+from certsync.reconcile import deploymenttls as rd
+from certsync.reconcile.conditions import POLL_FIRST_S
+from certsync.reconcile.record import new_intent
+from certsync.reconcile.targets import target_key
+from certsync.settings import parse_duration
+
+
+def target_of(spec: dict[str, Any] | Any) -> str:
+    return target_key(endpoint_of(spec), str(spec.get("deploymentId", "")))
+
+
+async def sync(rt: Runtime, r: Resource) -> float | None:
+    now = rt.clock()
+    spec = r.spec
+    blocked = precheck(rt, r)
+    if blocked:
+        return await finish(rt, r, blocked, {}, None)
+    target = target_of(spec)
+    clash = conflict(rt, r, target, f"deployment {spec['deploymentId']!r}")
+    if clash:
+        return await finish(rt, r, clash, {}, None)
+    name = str(spec["secretName"])
+    material = check_tls_secret(name, await rt.kube.read_secret(r.namespace, name), now)
+    if not isinstance(material, TLSMaterial):
+        return await finish(rt, r, material.state(), {}, None)
+    tls_type = str(spec.get("tlsType", "one-way"))
+    cacert: str | None = None
+    ca_digest = ""
+    if tls_type == "two-way":
+        ref = spec.get("clientCA") or {}
+        if not ref:
+            return await finish(rt, r, State("stalled", "InvalidSpec", "two-way TLS needs spec.clientCA"), {}, None)
+        ca = check_ca_secret(ref["secretName"], ref.get("key", "ca.crt"),
+                             await rt.kube.read_secret(r.namespace, ref["secretName"]))  # fmt: skip
+        if not isinstance(ca, tuple):
+            return await finish(rt, r, ca.state(), {}, None)
+        cacert, ca_digest = ca
+    creds_name = spec["credentialsSecretRef"]["name"]
+    creds = credentials(creds_name, await rt.kube.read_secret(r.namespace, creds_name), [("apiKey", "apiSecret")])
+    if not isinstance(creds, dict):
+        return await finish(rt, r, creds.state(), {}, None)
+    access = EmqxAccess(str(spec["endpoint"]), creds["apiKey"], creds["apiSecret"])
+    deployment = str(spec["deploymentId"])
+    scope, window = rt.emqx.scope(access, deployment, "PUT")
+    rt.budget.restore(scope, window, {"sent": r.status.get("writeTimes", [])})
+    drift = parse_duration(str(spec["driftCheckInterval"])) if spec.get("driftCheckInterval") else None
+    leaf = material.bundle.leaf
+    desired = rd.Desired(
+        target=target, digest=pki.material_digest(material.bundle, tls_type, ca_digest), tls_type=tls_type,
+        leaf_cn=leaf.subject_cn, leaf_not_after=leaf.not_after,
+    )  # fmt: skip
+
+    def observed(remote: rd.Remote | None) -> rd.Observed:
+        return rd.Observed(desired, rd.Record.from_status(r.status), remote, rt.clock(),
+                           drift or rt.settings.drift_interval, r.forced)  # fmt: skip
+
+    plan = rd.plan(observed(None))
+    if plan.action != "read":
+        updates = {"pollAttempt": r.status.get("pollAttempt", 0)} if plan.action == "wait" else {}
+        return await finish(rt, r, plan.state, updates, plan.requeue_after)
+
+    remote = await _read(rt, access, deployment)
+    rt.last_credentials[r.key] = access
+    reading = {"lastReadTime": pki.rfc3339(rt.clock()), **_remote_fields(remote)}
+    pending = rd.Record.from_status(r.status).intent
+    if pending is not None:
+        landed = rd.intent_landed(pending, remote)
+        settled: dict[str, Any] = {"intent": None}
+        if landed:
+            settled.update(appliedDigest=pending.digest, target=pending.target, fingerprint=pending.facts.get("leaf"),
+                           observedExpire=reading.get("expire"))  # fmt: skip
+        await record(rt, r, {**reading, **settled})
+        if landed:
+            await event(rt, r, "Normal", "Recovered", f"the unfinished {pending.op} had reached the remote")
+
+    plan = rd.plan(observed(remote))
+    if plan.action == "adopt":
+        await record(rt, r, {"appliedDigest": desired.digest, "target": target, "fingerprint": material.fingerprint,
+                             "observedExpire": reading.get("expire")})  # fmt: skip
+        await event(rt, r, "Normal", "Adopted", "the remote already held this certificate: no write")
+        plan = rd.plan(observed(remote))
+    if plan.action in ("create", "update"):
+        return await _write(rt, r, plan.action, access, deployment, desired, material, cacert, scope, window)
+    attempt = int(r.status.get("pollAttempt", 0))
+    updates = {**reading, "pollAttempt": attempt + 1 if plan.action == "wait" else 0}
+    if plan.state.kind == "ready":
+        updates["lastSyncTime"] = pki.rfc3339(now)
+        if r.status.get("observedExpire") is None:
+            updates["observedExpire"] = reading.get("expire")
+    return await finish(rt, r, plan.state, updates, plan.requeue_after)
+
+
+async def _read(rt: Runtime, access: EmqxAccess, deployment: str) -> rd.Remote:
+    try:
+        info = await rt.emqx.get_tls(access, deployment)
+    except TLSNotConfigured:
+        return rd.Remote(True)
+    return rd.Remote(False, info.tls_type, info.status, info.expire, getattr(info, "cn", "") or "")
+
+
+def _remote_fields(remote: rd.Remote) -> dict[str, Any]:
+    fields: dict[str, Any] = {"remoteStatus": "absent" if remote.absent else remote.status}
+    if not remote.absent:
+        fields["tlsType"] = remote.tls_type or None
+        fields["expire"] = pki.rfc3339(remote.expire) if remote.expire else None
+        fields["cn"] = remote.cn or None
+    return fields
+
+
+async def _write(
+    rt: Runtime, r: Resource, action: str, access: EmqxAccess, deployment: str, desired: rd.Desired,
+    material: TLSMaterial, cacert: str | None, scope: Any, window: Any,
+) -> float | None:  # fmt: skip
+    now = rt.clock()
+    write = rt.emqx.create_tls if action == "create" else rt.emqx.update_tls
+    intent = new_intent(action, desired.target, desired.digest, now, cn=desired.leaf_cn,
+                        notAfter=pki.rfc3339(desired.leaf_not_after), tlsType=desired.tls_type,
+                        leaf=material.fingerprint)  # fmt: skip
+    rotated = bool(r.status.get("appliedDigest")) and r.status.get("target") == desired.target
+
+    def outcome(info: DeploymentTLSInfo) -> dict[str, Any]:
+        expire = pki.rfc3339(info.expire) if info.expire else None
+        return {
+            "appliedDigest": desired.digest, "target": desired.target, "fingerprint": material.fingerprint,
+            "remoteStatus": info.status, "tlsType": info.tls_type, "expire": expire, "observedExpire": expire,
+            "lastWriteTime": pki.rfc3339(now), "lastReadTime": pki.rfc3339(now), "pollAttempt": 0,
+            "writeTimes": rt.budget.export(scope, window)["sent"],
+        }  # fmt: skip
+
+    try:
+        info = await guarded_write(rt, r, intent, lambda: write(access, deployment, desired.tls_type,
+                                                                 material.cert_pem, material.key_pem, cacert),
+                                   outcome)  # fmt: skip
+    finally:
+        sent = rt.budget.export(scope, window)["sent"]
+        if sent != r.status.get("writeTimes"):
+            await record(rt, r, {"writeTimes": sent})
+    reason = "Rotated" if rotated else ("Created" if action == "create" else "Updated")
+    await event(rt, r, "Normal", reason, f"{action}d the deployment's TLS (leaf {material.fingerprint[:23]}…)")
+    state = State("reconciling", "Pending", f"remote TLS is {info.status!r} after {action}")
+    return await finish(rt, r, state, {}, POLL_FIRST_S)
