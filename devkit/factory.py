@@ -84,6 +84,21 @@ class Chain:
     def full_pem(self) -> bytes:
         return self.leaf.cert_pem + self.intermediate.cert_pem + self.root.cert_pem
 
+    def reissued_intermediate_pem(self) -> bytes:
+        """The intermediate re-issued (same subject and key, new serial and validity): the leaf still chains to it."""
+        old = self.intermediate.cert
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(old.subject)
+            .issuer_name(self.root.cert.subject)
+            .public_key(self.intermediate.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - dt.timedelta(days=2))
+            .not_valid_after(NOW + dt.timedelta(days=400))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        )
+        return builder.sign(self.root.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)  # type: ignore[arg-type]
+
 
 def three_level(cn: str = "leaf.example.com", key_kind: str = "ec", root: Issued | None = None) -> Chain:
     root = root or issue("Test Root CA", ca=True)

@@ -3,9 +3,10 @@
 The control API lives under `/_emulator/` and is never part of a provider's API:
 
     GET  /_emulator/calls    counts by method and path template, and every call in order
-    POST /_emulator/faults   {"kind": "429"|"503"|"latency"|"drop"|"status", "count": N,
+    POST /_emulator/faults   {"kind": "429"|"503"|"latency"|"drop"|"lose"|"status", "count": N,
                               "retryAfter": S (429 only), "seconds": S (latency only),
-                              "status": code (status only: the provider's own error code)}
+                              "status": code (status only: the provider's own error code),
+                              "method": M (optional: only calls with this HTTP method)}
     POST /_emulator/reset    forget calls, faults and state set up after start
     POST /_emulator/clock    {"advance": S}: move the emulator's clock forward
 """
@@ -25,7 +26,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-FAULT_KINDS = ("429", "503", "latency", "drop", "status")
+FAULT_KINDS = ("429", "503", "latency", "drop", "lose", "status")
 StatusAnswer = Callable[[int], web.Response]
 
 
@@ -35,6 +36,7 @@ class Fault:
     retry_after: float | None = None
     seconds: float = 0.0
     status: int = 500
+    method: str | None = None  # only requests with this method (all when None)
 
 
 @dataclass
@@ -91,13 +93,24 @@ def fault_middleware(core: EmulatorCore, status_answer: StatusAnswer) -> Middlew
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/_emulator/"):
             return await handler(request)
-        fault = core.faults.popleft() if core.faults else None
+        fault = next((f for f in core.faults if f.method in (None, request.method)), None)
+        if fault is not None:
+            core.faults.remove(fault)
         response: web.StreamResponse
         if fault is not None and fault.kind == "drop":
             core.calls.append(Call(request.method, request.path, route_template(request), 0, core.now()))
             if request.transport is not None:
                 request.transport.abort()
             raise asyncio.CancelledError  # aiohttp ends the handler quietly; the client sees a reset
+        if fault is not None and fault.kind == "lose":  # the call is applied, then its answer is lost
+            try:
+                done = await handler(request)
+            except web.HTTPException as error:
+                done = error
+            core.calls.append(Call(request.method, request.path, route_template(request), done.status, core.now()))
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError
         if fault is not None and fault.kind == "latency":
             await asyncio.sleep(fault.seconds)
             fault = None
@@ -136,6 +149,7 @@ def control_routes(core: EmulatorCore, reset_state: Callable[[], None]) -> list[
                     float(retry_after) if retry_after is not None else None,
                     float(body.get("seconds", 0)),
                     int(body.get("status", 500)),
+                    str(body["method"]).upper() if body.get("method") else None,
                 )
             )
         return json_response({"queued": len(core.faults)})

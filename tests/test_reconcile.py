@@ -7,150 +7,189 @@ from typing import Any
 
 import pytest
 from certsync import reconcile as rc
+from certsync.reconcile import cdn, orders, targets
+from certsync.reconcile import deploymenttls as rd
+from certsync.reconcile.record import Intent, new_intent
 
 from devkit.factory import issue
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
-FP = "AA:BB"
 EXPIRE = NOW + dt.timedelta(days=60)
-SYNCED = {"fingerprint": FP, "tlsType": "one-way", "remoteStatus": "running", "lastSyncTime": "2026-11-25T11:00:00Z"}
+UTC8 = EXPIRE + dt.timedelta(hours=8)  # what a remote in UTC+8 reports for the same leaf
+TARGET = "https://emqx.example/api|ge6a1a75"
+WANT = rd.Desired(TARGET, "D2", "one-way", "mqtt.example.com", EXPIRE)
+SYNCED = rd.Record(TARGET, "D2", "running", "2027-01-24T20:00:00Z", last_sync=NOW - dt.timedelta(hours=1))
+RUNNING = rd.Remote(False, "one-way", "running", UTC8, "mqtt.example.com")
+JUST_WROTE = rd.Record(TARGET, "D1", "pending", None, last_write=NOW - dt.timedelta(seconds=2))
 
 
-def emqx(
-    status: dict[str, Any], remote: rc.EmqxRemote | None, forced: bool = False, tls_type: str = "one-way"
-) -> rc.Plan:
-    return rc.plan_deployment_tls(
-        rc.EmqxObserved(
-            spec={"tlsType": tls_type}, status=status, generation=1, desired_fingerprint=FP, desired_expire=EXPIRE,
-            has_cacert=False, remote=remote, now=NOW, drift_interval=6 * 3600, forced=forced,
-        )
-    )  # fmt: skip
+def plan(record: rd.Record, remote: rd.Remote | None, forced: bool = False, want: rd.Desired = WANT) -> rd.Plan:
+    return rd.plan(rd.Observed(want, record, remote, NOW, 6 * 3600, forced))
+
+
+def with_(record: rd.Record, **changes: Any) -> rd.Record:
+    return rd.Record(**{**record.__dict__, **changes})
 
 
 @pytest.mark.parametrize(
-    ("status", "remote", "forced", "tls_type", "action", "requeue"),
+    ("record", "remote", "forced", "action", "reason"),
     [
-        # in sync and the drift check not due: no call at all (an operator restart makes none)
-        (SYNCED, None, False, "one-way", "done", 5 * 3600),
-        # forced by certsync.io/requested-at, or drift check due: read
-        (SYNCED, None, True, "one-way", "read", None),
-        ({**SYNCED, "lastSyncTime": "2026-11-25T05:00:00Z"}, None, False, "one-way", "read", None),
-        # new resource
-        ({}, None, False, "one-way", "read", None),
-        ({}, rc.EmqxRemote(absent=True), False, "one-way", "create", None),
-        # the remote holds something else
-        ({}, rc.EmqxRemote(False, "one-way", "running", EXPIRE), False, "one-way", "update", None),
-        (SYNCED, rc.EmqxRemote(False, "one-way", "running", EXPIRE), False, "two-way", "update", None),
+        # in sync, drift check not due: no call at all (a restart makes none either)
+        (SYNCED, None, False, "done", "Synced"),
+        (SYNCED, None, True, "read", "Pending"),
+        (with_(SYNCED, last_sync=NOW - dt.timedelta(hours=7)), None, False, "read", "Pending"),
+        # a new resource reads first; absent -> create
+        (rd.Record(), None, False, "read", "Pending"),
+        (rd.Record(), rd.Remote(True), False, "create", "Pending"),
+        # an unfinished write is always settled by a read first
+        (with_(SYNCED, intent=Intent("update", TARGET, "D2", "x")), None, False, "read", "Pending"),
+        # expire in another time zone is an observation: equal to what was observed after our write -> in sync
+        (with_(SYNCED, observed_expire="2027-01-24T20:00:00Z"), RUNNING, False, "done", "Synced"),
+        # expire changed since our write: someone replaced the certificate -> restore it
+        (with_(SYNCED, observed_expire="2027-01-01T00:00:00Z"), RUNNING, False, "update", "Pending"),
+        # the chain, key, tlsType or client CA changed (the digest) -> update
+        (with_(SYNCED, applied_digest="D1"), RUNNING, False, "update", "Pending"),
+        # the target changed (endpoint edit): re-verified by reading; the remote already holds the leaf -> adopt
+        (with_(SYNCED, target="https://old|ge6a1a75"), RUNNING, False, "adopt", "Synced"),
         (
-            SYNCED,
-            rc.EmqxRemote(False, "one-way", "running", EXPIRE + dt.timedelta(days=1)),
+            with_(SYNCED, target="https://old|ge6a1a75"),
+            rd.Remote(False, "one-way", "running", EXPIRE + dt.timedelta(days=3), "other"),
             False,
-            "one-way",
             "update",
-            None,
+            "Pending",
         ),
-        # written and pending: poll with backoff
+        # a newer certificate waits while our previous write is pending (a burst coalesces)
+        (JUST_WROTE, rd.Remote(False, "one-way", "pending", UTC8), False, "wait", "Pending"),
         (
-            {**SYNCED, "remoteStatus": "pending", "pollAttempt": 0},
-            rc.EmqxRemote(False, "one-way", "pending", EXPIRE),
+            with_(JUST_WROTE, last_write=NOW - dt.timedelta(minutes=10)),
+            rd.Remote(False, "one-way", "pending", UTC8),
             False,
-            "one-way",
-            "wait",
-            5,
+            "update",
+            "Pending",
         ),
-        (
-            {**SYNCED, "remoteStatus": "pending", "pollAttempt": 3},
-            rc.EmqxRemote(False, "one-way", "pending", EXPIRE),
-            False,
-            "one-way",
-            "wait",
-            40,
-        ),
-        (
-            {**SYNCED, "remoteStatus": "pending", "pollAttempt": 9},
-            rc.EmqxRemote(False, "one-way", "pending", EXPIRE),
-            False,
-            "one-way",
-            "wait",
-            300,
-        ),
-        # running and equal
-        (SYNCED, rc.EmqxRemote(False, "one-way", "running", EXPIRE), False, "one-way", "done", 6 * 3600),
+        (JUST_WROTE, rd.Remote(False, "one-way", "running", UTC8), False, "update", "Pending"),
+        # terminal and transitional remote statuses
+        (SYNCED, rd.Remote(False, "one-way", "failed", UTC8, message="bad chain"), False, "done", "RemoteFailed"),
+        (with_(SYNCED, applied_digest="D1"), rd.Remote(False, "one-way", "failed", UTC8), False, "update", "Pending"),
+        (SYNCED, rd.Remote(True, status="terminated"), False, "wait", "Pending"),
+        (SYNCED, rd.Remote(False, "one-way", "weird", UTC8), False, "wait", "Pending"),
+        (with_(SYNCED, poll_attempt=3), rd.Remote(False, "one-way", "weird", UTC8), False, "done", "RemoteRejected"),
+        (SYNCED, rd.Remote(False, "two-way", "running", UTC8), False, "update", "Pending"),
     ],
 )
 def test_deployment_tls_plan(
-    status: dict[str, Any],
-    remote: rc.EmqxRemote | None,
-    forced: bool,
-    tls_type: str,
-    action: str,
-    requeue: float | None,
+    record: rd.Record, remote: rd.Remote | None, forced: bool, action: str, reason: str
 ) -> None:
-    plan = emqx(status, remote, forced, tls_type)
-    assert plan.action == action
-    if requeue is not None:
-        assert plan.requeue_after == pytest.approx(requeue)
+    result = plan(record, remote, forced)
+    assert (result.action, result.state.reason) == (action, reason)
+
+
+def test_pending_write_is_not_polled_before_its_time() -> None:
+    """A Secret change while a write is pending costs no read: the poll keeps its schedule."""
+    waiting = with_(JUST_WROTE, poll_attempt=1, last_read=NOW - dt.timedelta(seconds=3))
+    result = plan(waiting, None)
+    assert result.action == "wait" and result.requeue_after == pytest.approx(8)  # 10 s after the last call
+
+
+def test_never_writes_because_expire_differs_from_not_after() -> None:
+    """The first sync against a UTC+8 remote is one write; the reads after it plan none."""
+    assert plan(with_(SYNCED, observed_expire=None), RUNNING).action == "done"
+
+
+@pytest.mark.parametrize(
+    ("remote", "landed"),
+    [
+        (RUNNING, True),
+        (rd.Remote(False, "one-way", "pending", EXPIRE), True),
+        (rd.Remote(True), False),
+        (rd.Remote(False, "one-way", "running", EXPIRE + dt.timedelta(days=30)), False),
+        (rd.Remote(False, "one-way", "running", EXPIRE + dt.timedelta(hours=5, minutes=7)), False),
+        (rd.Remote(False, "two-way", "running", EXPIRE), False),
+        (rd.Remote(False, "one-way", "running", EXPIRE, "someone.else"), False),
+    ],
+)
+def test_an_unfinished_write_is_settled_by_what_the_remote_holds(remote: rd.Remote, landed: bool) -> None:
+    intent = new_intent("create", TARGET, "D2", NOW, cn="mqtt.example.com", notAfter="2027-01-24T12:00:00Z",
+                        tlsType="one-way")  # fmt: skip
+    assert rd.intent_landed(intent, remote) is landed
+    assert Intent.from_status(intent.to_status()) == intent
 
 
 def test_same_observed_state_gives_the_same_plan() -> None:
-    remote = rc.EmqxRemote(False, "one-way", "running", EXPIRE)
-    assert emqx(SYNCED, remote) == emqx(SYNCED, remote)
+    assert plan(SYNCED, RUNNING) == plan(SYNCED, RUNNING)
+
+
+CDN_TARGET = "https://cdn.example|acct1"
+CDN_WANT = cdn.Desired(CDN_TARGET, "D2", ("AA", "BB"), "www.shop.example", None)
 
 
 @pytest.mark.parametrize(
-    ("status", "spec", "by_seq", "by_fp", "listed", "action", "seq"),
+    ("desired", "record", "forced", "action"),
     [
-        ({"fingerprint": "S1", "seq": 4}, {}, None, None, False, "done", 4),
-        ({}, {}, None, None, False, "read", None),
-        ({}, {}, None, rc.CdnRemote(7, "S1"), True, "adopt", 7),
-        ({}, {}, None, None, True, "add", None),
-        ({"seq": 4, "fingerprint": "OLD"}, {}, rc.CdnRemote(4, "OLD"), None, True, "patch", 4),
-        ({"seq": 4, "fingerprint": "OLD"}, {}, rc.CdnRemote(4, "S1"), None, True, "done", 4),
-        ({}, {"seq": 9}, rc.CdnRemote(9, "S1"), None, True, "done", 9),
-        ({}, {"seq": 9}, None, None, True, "done", None),  # the named seq does not exist: stalled, never added
+        (CDN_WANT, cdn.Record(CDN_TARGET, 4, "D2", NOW - dt.timedelta(hours=1)), False, "done"),
+        (CDN_WANT, cdn.Record(CDN_TARGET, 4, "D2", NOW - dt.timedelta(hours=1)), True, "get"),
+        (CDN_WANT, cdn.Record(CDN_TARGET, 4, "D1", NOW), False, "get"),
+        (CDN_WANT, cdn.Record(), False, "find"),
+        # the account or endpoint changed: the old seq is not ours there
+        (CDN_WANT, cdn.Record("https://other|acct1", 4, "D2", NOW), False, "find"),
+        # spec.seq wins over status.seq
+        (cdn.Desired(CDN_TARGET, "D2", ("AA",), "x", 9), cdn.Record(CDN_TARGET, 4, "D2", NOW), False, "get"),
+        (CDN_WANT, cdn.Record(CDN_TARGET, 4, "D2", NOW, Intent("add", CDN_TARGET, "D2", "x")), False, "resolve"),
     ],
 )
-def test_cdn_plan_adopts_before_adding(
-    status: dict[str, Any], spec: dict[str, Any], by_seq: Any, by_fp: Any, listed: bool, action: str, seq: int | None
-) -> None:
-    plan = rc.plan_cdn_certificate(rc.CdnObserved(spec, status, "S1", by_seq, by_fp, listed))
-    assert (plan.action, plan.seq) == (action, seq)
-    if spec.get("seq") and by_seq is None:
-        assert plan.state == rc.State("stalled", "RemoteNotFound", "certificate seq 9 does not exist")
-
-
-ISSUED = rc.IssuedCertificate(3, 2_000_000_000, ("www.shop.example",))
+def test_cdn_plan_without_read(desired: cdn.Desired, record: cdn.Record, forced: bool, action: str) -> None:
+    assert cdn.plan_without_read(desired, record, NOW, 6 * 3600, forced).action == action
 
 
 @pytest.mark.parametrize(
-    ("spec", "status", "task", "issued", "action", "reason"),
+    ("desired", "remote_chain", "action", "reason"),
     [
-        ({"resourceId": "r"}, {}, "no", [], "order", "Pending"),
-        ({"resourceId": "r"}, {"orderedAt": "x"}, "accepted", [], "poll", "Pending"),
-        # an order that is running is never posted again, even with no record of ordering it
-        ({"resourceId": "r"}, {}, "accepted", [], "poll", "Pending"),
-        ({"resourceId": "r"}, {"orderedAt": "x"}, "processed", [ISSUED], "done", "Synced"),
-        ({"resourceId": "r"}, {"orderedAt": "x"}, "processed", [], "find", "Pending"),
-        ({"resourceId": "r"}, {"orderedAt": "x"}, "failed", [], "done", "OrderFailed"),
-        ({"domains": ["*.d.example"]}, {}, None, [], "order", "Pending"),
-        ({"domains": ["*.d.example"]}, {"orderedAt": "x", "notAfterBefore": 0}, None, [], "poll", "Pending"),
-        ({"domains": ["*.d.example"]}, {"orderedAt": "x", "notAfterBefore": 0}, None, [ISSUED], "done", "Synced"),
-        # an older certificate for the same names is not the outcome of this order
-        (
-            {"domains": ["*.d.example"]},
-            {"orderedAt": "x", "notAfterBefore": 2_000_000_000},
-            None,
-            [ISSUED],
-            "poll",
-            "Pending",
-        ),
+        (CDN_WANT, ("AA", "BB"), "adopt", "Synced"),
+        (CDN_WANT, ("AA", "BB", "ROOT"), "adopt", "Synced"),  # the remote may add the root it trusts
+        (CDN_WANT, ("AA", "OLD-INTERMEDIATE"), "patch", "Pending"),  # a chain-only change is a write
+        (CDN_WANT, ("AA",), "patch", "Pending"),
+        (CDN_WANT, None, "find", "Pending"),
+        (cdn.Desired(CDN_TARGET, "D2", ("AA",), "x", 9), None, "stall", "RemoteNotFound"),
     ],
 )
-def test_order_plan(
-    spec: dict[str, Any], status: dict[str, Any], task: str | None, issued: list[Any], action: str, reason: str
+def test_cdn_plan_for_the_named_certificate(
+    desired: cdn.Desired, remote_chain: tuple[str, ...] | None, action: str, reason: str
 ) -> None:
-    plan = rc.plan_order(rc.OrderObserved(spec, status, task, issued), ["x"])
-    assert (plan.action, plan.state.reason) == (action, reason)
+    result, state = cdn.plan_for_seq(desired, cdn.Record(CDN_TARGET, 4, "D1", NOW), remote_chain)
+    assert (result, state.reason) == (action, reason)
+
+
+LE = "Emulated Let's Encrypt R3"
+
+
+@pytest.mark.parametrize(
+    ("listing", "before", "domains", "expected"),
+    [
+        # a certificate that existed before the order is never its outcome
+        ([orders.Listed(3, LE, ("www.shop.example",), 1)], {3}, [], None),
+        ([orders.Listed(3, LE, ("www.shop.example",), 1), orders.Listed(5, LE, ("img.shop.example",), 1)], {3}, [], 5),
+        # a resource order (HTTP-01) never gets a wildcard certificate, nor one of another issuer
+        ([orders.Listed(6, LE, ("*.d.example", "d.example"), 1)], set(), [], None),
+        ([orders.Listed(7, "Some CA", ("www.shop.example",), 1)], set(), [], None),
+        # a wildcard order's certificate covers its domains
+        ([orders.Listed(6, LE, ("*.d.example", "d.example"), 1)], set(), ["*.d.example"], 6),
+        ([orders.Listed(6, LE, ("*.e.example",), 1)], set(), ["*.d.example"], None),
+    ],
+)
+def test_an_order_claims_only_the_certificate_that_appeared_after_it(
+    listing: list[orders.Listed], before: set[int], domains: list[str], expected: int | None
+) -> None:
+    found = orders.pick_certificate(listing, before, domains, ())
+    assert (found.seq if found else None) == expected
+
+
+def test_the_oldest_resource_owns_a_target() -> None:
+    older = targets.Claim("2026-01-01T00:00:00Z", "b", "x")
+    newer = targets.Claim("2026-02-01T00:00:00Z", "a", "y")
+    twin = targets.Claim("2026-01-01T00:00:00Z", "a", "z")
+    assert targets.owner([newer, older]) == older
+    assert targets.owner([older, twin]) == twin  # same time: namespace/name decides
+    assert "b/x" in targets.conflict_message("deployment 'd'", older)
 
 
 def test_conditions_follow_kstatus_and_keep_transition_times() -> None:
@@ -189,6 +228,9 @@ def test_good_tls_secret_and_credentials() -> None:
         dt.datetime.now(dt.UTC),
     )
     assert isinstance(material, rc.TLSMaterial) and "BEGIN" not in repr(material)
+    not_utf8 = rc.SecretView("kubernetes.io/tls", {"tls.crt": cert.cert_pem, "tls.key": b"\xff\xfe"})
+    bad = rc.check_tls_secret("tls", not_utf8, dt.datetime.now(dt.UTC))
+    assert isinstance(bad, rc.Problem) and bad.reason == "InvalidSecret" and "byte 0" in bad.message
     creds = rc.credentials("c", rc.SecretView("Opaque", {"token": b"t0k\n"}), [("token",), ("username", "password")])
     assert creds == {"token": "t0k"}
     missing = rc.credentials("c", rc.SecretView("Opaque", {"username": b"u"}), [("token",), ("username", "password")])

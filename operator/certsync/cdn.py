@@ -366,7 +366,7 @@ class CdnClient:
             raise CdnInternalError(response.status_code, short(_message(response)) or response.reason_phrase)
 
     async def _call(self, access: CdnAccess, method: str, path: str, operation: Operation, body: Any = None) -> Any:
-        idempotent = method in ("GET", "PATCH", "DELETE")
+        idempotent = method in ("GET", "DELETE")
         kwargs: dict[str, Any] = {"sleep": self._sleep} if self._sleep else {}
         return await with_retries(
             lambda: self._call_once(access, method, path, operation, body),

@@ -37,6 +37,7 @@ from certsync.remote import (
     Sleep,
     no_observer,
     parse_retry_after,
+    retryable_status,
     send,
     short,
     with_retries,
@@ -145,7 +146,7 @@ def error_for(response: httpx.Response, retry_after: float | None) -> EmqxError:
     if status == 404:
         cls: type[EmqxError] = TLSNotConfigured if NO_TLS_PATTERN.search(message) else DeploymentNotFound
     else:
-        cls = _BY_STATUS.get(status, EmqxServerError)
+        cls = _BY_STATUS.get(status) or (EmqxServerError if retryable_status(status) else EmqxError)
     return cls(status, message or response.reason_phrase, retry_after=retry_after)
 
 

@@ -68,6 +68,11 @@ class ServiceUnavailable(RemoteStatusError):
     retryable = True
 
 
+def retryable_status(code: int) -> bool:
+    """HTTP meaning, in one place: 408, 429 and 5xx may succeed later; every other 4xx is a refusal."""
+    return code in (408, 429) or code >= 500
+
+
 def short(text: object) -> str:
     """A remote's message, cut short and on one line."""
     flat = " ".join(str(text).split())
@@ -138,8 +143,10 @@ async def send(
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retries inside one call for answers that promise nothing was done (HTTP 503) and, for
-    reads, lost connections; everything else goes back to the caller. Exponential with jitter."""
+    """Retries inside one call, for reads only: 5xx answers and lost connections, exponential with full jitter.
+
+    A write is never re-sent here: its outcome may be unknown, and only the caller, which records
+    an intent before writing, can read the remote back before deciding to send it again."""
 
     attempts: int = 3
     base_delay: float = 0.5
@@ -164,9 +171,8 @@ async def with_retries(
     for attempt in range(policy.attempts):
         try:
             return await call()
-        except (ServiceUnavailable, TransportError) as error:
-            safe = isinstance(error, ServiceUnavailable) or idempotent
-            if not safe or attempt + 1 >= policy.attempts:
+        except (ServiceUnavailable, TransportError):
+            if not idempotent or attempt + 1 >= policy.attempts:
                 raise
             await sleep(policy.delay(attempt))
     raise AssertionError("unreachable: the loop returns or raises")

@@ -13,8 +13,8 @@ import tracemalloc
 from collections.abc import Callable
 
 from certsync import pki
-from certsync import reconcile as rc
 from certsync.budget import EMQX_WRITE, BudgetExhausted, RateBudget, Scope
+from certsync.reconcile import deploymenttls as rd
 
 from devkit.factory import three_level
 
@@ -62,13 +62,10 @@ def main() -> None:
         refused()
     measure("budget.acquire refused (window full)", refused)
 
-    observed = rc.EmqxObserved(
-        spec={"tlsType": "one-way"}, status={"fingerprint": "F", "tlsType": "one-way", "remoteStatus": "running",
-                                             "lastSyncTime": pki.rfc3339(now)},
-        generation=1, desired_fingerprint="F", desired_expire=now, has_cacert=False, remote=None, now=now,
-        drift_interval=3600,
-    )  # fmt: skip
-    measure("plan_deployment_tls (in sync, no call)", lambda: rc.plan_deployment_tls(observed))
+    desired = rd.Desired("e|d", "F", "one-way", "cn", now)
+    record = rd.Record("e|d", "F", "running", None, last_sync=now)
+    observed = rd.Observed(desired, record, None, now, 3600)
+    measure("deploymenttls.plan (in sync, no call)", lambda: rd.plan(observed))
 
 
 if __name__ == "__main__":

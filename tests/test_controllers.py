@@ -1,0 +1,353 @@
+"""The controllers in process, against the emulators on loopback and a fake Kubernetes layer that can fail.
+
+Each pass gets a fresh view built only from the fake API server's status, as after
+an operator restart: what a pass knows must have been recorded, or it is lost.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from certsync import pki
+from certsync.budget import EMQX_READ, EMQX_WRITE, Window
+from certsync.cdn import CdnClient
+from certsync.controllers import cdncertificate, deletion, deploymenttls, letsencryptorder
+from certsync.controllers.base import Resource, Runtime
+from certsync.emqx import EmqxClient
+from certsync.kube import KubeError, ObjectRef
+from certsync.metrics import Metrics
+from certsync.reconcile import SecretView
+from certsync.reconcile.targets import Claim
+from certsync.remote import RemoteError
+from certsync.settings import Settings
+
+from devkit.factory import Chain, Issued, issue, three_level
+from tests.conftest import CDN_PASSWORD, CDN_USER, EMQX_KEY, EMQX_SECRET, Emulator
+
+NS = "team-a"
+SYNCS = {
+    "deploymenttlses": deploymenttls.sync,
+    "cdncertificates": cdncertificate.sync,
+    "letsencryptorders": letsencryptorder.sync,
+}
+
+
+@dataclass
+class FakeKube:
+    """Secrets and status in memory; `fail` decides which status patches fail (after the layer's own retries)."""
+
+    secrets: dict[tuple[str, str], SecretView] = field(default_factory=dict)
+    status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    fail: Callable[[Mapping[str, Any]], bool] = lambda patch: False
+
+    async def read_secret(self, namespace: str, name: str) -> SecretView | None:
+        return self.secrets.get((namespace, name))
+
+    async def patch_status(self, ref: ObjectRef, status: Mapping[str, Any]) -> None:
+        if self.fail(status):
+            raise KubeError("InternalError", "patching status failed: injected", transient=True)
+        stored = self.status.setdefault(ref.name, {})
+        for key, value in status.items():
+            if value is None:
+                stored.pop(key, None)
+            else:
+                stored[key] = value
+
+    async def event(self, ref: ObjectRef, type_: str, reason: str, message: str) -> None:
+        self.events.append((ref.name, reason, message))
+
+    def put_tls(self, name: str, cert: Issued | bytes, key: bytes | None = None) -> None:
+        pem = cert if isinstance(cert, bytes) else cert.cert_pem
+        private = key if key is not None else cert.key_pem()  # type: ignore[union-attr]
+        self.secrets[(NS, name)] = SecretView("kubernetes.io/tls", {"tls.crt": pem, "tls.key": private})
+
+    def put(self, name: str, **values: str) -> None:
+        self.secrets[(NS, name)] = SecretView("Opaque", {k: v.encode() for k, v in values.items()})
+
+
+@dataclass
+class World:
+    rt: Runtime
+    kube: FakeKube
+    emulators: tuple[Emulator, ...]
+    claims: dict[tuple[str, str], list[Claim]] = field(default_factory=dict)
+    offset: float = 0.0
+
+    async def advance(self, seconds: float) -> None:
+        """Move the emulators' clocks and the controllers' together."""
+        self.offset += seconds
+        for emulator in self.emulators:
+            await emulator.control("POST", "clock", {"advance": seconds})
+
+    def trusted_tls(self, name: str, cn: str) -> Chain:
+        """A chain whose root the CDN emulator trusts, stored in the Secret `name`."""
+        chain = three_level(cn)
+        for emulator in self.emulators:
+            if hasattr(emulator.state, "trusted"):
+                emulator.state.trusted.append(chain.root.cert)
+        self.kube.put_tls(name, chain.pem, chain.leaf.key_pem())
+        return chain
+
+    async def sync(self, plural: str, name: str, spec: dict[str, Any], created: str = "2026-01-01T00:00:00Z") -> Any:
+        """One pass, as a freshly started operator would make it (status only from the API server)."""
+        resource = Resource(plural, NS, name, f"uid-{name}", 1, created, spec, dict(self.kube.status.get(name, {})))
+        return await SYNCS[plural](self.rt, resource)
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.kube.status.get(name, {})
+
+    def ready(self, name: str) -> tuple[str, str]:
+        ready = next(c for c in self.status(name)["conditions"] if c["type"] == "Ready")
+        return ready["status"], ready["reason"]
+
+
+@pytest.fixture
+async def world(emqx: Emulator, cdn: Emulator) -> AsyncIterator[World]:
+    budget = emqx.budget()
+    settings = Settings(allowed_endpoints=(emqx.url + "/", cdn.url + "/"), delete_timeout=30.0)
+    kube = FakeKube()
+    rt = Runtime(
+        settings=settings, budget=budget,
+        emqx=EmqxClient(budget=budget, read_window=Window(EMQX_READ.limit * 10, 3600),
+                        write_window=Window(EMQX_WRITE.limit * 10, 3600)),
+        cdn=CdnClient(), kube=kube, metrics=Metrics(),
+    )  # fmt: skip
+    w = World(rt, kube, (emqx, cdn))
+    rt.clock = lambda: dt.datetime.now(dt.UTC) + dt.timedelta(seconds=w.offset)
+    rt.owners = lambda plural, key: list(w.claims.get((plural, key), []))
+    kube.put("emqx-creds", apiKey=EMQX_KEY, apiSecret=EMQX_SECRET)
+    kube.put("cdn-creds", username=CDN_USER, password=CDN_PASSWORD)
+    yield w
+    await rt.emqx.aclose()
+    await rt.cdn.aclose()
+
+
+def dtls_spec(emqx: Emulator, **extra: Any) -> dict[str, Any]:
+    return {"endpoint": emqx.url, "credentialsSecretRef": {"name": "emqx-creds"}, "deploymentId": "ge6a1a75",
+            "tlsType": "one-way", "secretName": "mqtt-tls", **extra}  # fmt: skip
+
+
+def cdn_spec(cdn: Emulator, **extra: Any) -> dict[str, Any]:
+    return {"endpoint": cdn.url, "credentialsSecretRef": {"name": "cdn-creds"}, "account": "acct1",
+            "secretName": "shop-tls", **extra}  # fmt: skip
+
+
+def writes(emulator: Emulator) -> list[str]:
+    methods = ("POST", "PUT", "PATCH", "DELETE")
+    return [c.method for c in emulator.state.core.calls if c.method in methods and "oauth" not in c.path]
+
+
+def calls(emulator: Emulator) -> list[str]:
+    return [f"{c.method} {c.template}" for c in emulator.state.core.calls if "oauth" not in c.path]
+
+
+# --- DeploymentTLS -----------------------------------------------------------------------------
+
+
+async def test_a_failed_status_patch_after_a_write_never_causes_a_second_write(world: World, emqx: Emulator) -> None:
+    world.kube.put_tls("mqtt-tls", issue("mqtt.example.com"))
+    world.kube.fail = lambda patch: "appliedDigest" in patch  # the outcome cannot be recorded
+    with pytest.raises(KubeError):
+        await world.sync("deploymenttlses", "broker", dtls_spec(emqx))
+    assert writes(emqx) == ["POST"] and "intent" in world.status("broker")
+    world.kube.fail = lambda patch: False
+    await world.sync("deploymenttlses", "broker", dtls_spec(emqx))  # a restart: reads, finds the write landed
+    assert writes(emqx) == ["POST"]
+    assert "intent" not in world.status("broker") and world.status("broker")["appliedDigest"]
+    assert any(reason == "Recovered" for _, reason, _ in world.kube.events)
+
+
+async def test_a_lost_answer_is_read_back_before_anything_is_sent_again(world: World, emqx: Emulator) -> None:
+    world.kube.put_tls("mqtt-tls", issue("mqtt.example.com"))
+    await emqx.fault("lose", method="POST")  # the POST is applied, its answer never arrives
+    with pytest.raises(RemoteError) as lost:
+        await world.sync("deploymenttlses", "broker", dtls_spec(emqx))
+    assert lost.value.retryable and "outcome is unknown" in lost.value.message
+    await world.sync("deploymenttlses", "broker", dtls_spec(emqx))
+    tls = "/deployments/{deployment_id}/tls"
+    assert calls(emqx) == [f"GET {tls}", f"POST {tls}", f"GET {tls}"]  # read back, never re-sent
+    assert world.status("broker")["appliedDigest"] and "intent" not in world.status("broker")
+
+
+async def test_a_refused_write_clears_its_intent_and_is_not_retried_blindly(world: World, emqx: Emulator) -> None:
+    world.kube.put_tls("mqtt-tls", issue("mqtt.example.com"))
+    await emqx.fault("status", status=400, method="POST")
+    with pytest.raises(RemoteError) as refused:
+        await world.sync("deploymenttlses", "broker", dtls_spec(emqx))
+    assert not refused.value.retryable and writes(emqx) == ["POST"]
+    assert "intent" not in world.status("broker")
+
+
+async def test_a_burst_of_rotations_costs_at_most_two_writes_and_the_last_one_lands(
+    world: World, emqx: Emulator
+) -> None:
+    spec = dtls_spec(emqx)
+    certificates = [issue(f"mqtt{n}.example.com") for n in range(5)]
+    for cert in certificates:  # five rotations while the first write is still pending
+        world.kube.put_tls("mqtt-tls", cert)
+        await world.sync("deploymenttlses", "broker", {**spec})
+    assert writes(emqx) == ["POST"]
+    await world.advance(60)  # the remote applies the first write
+    for _ in range(3):
+        await world.sync("deploymenttlses", "broker", spec)
+        await world.advance(60)
+    assert writes(emqx) == ["POST", "PUT"]
+    installed = await emqx.control("GET", "tls/ge6a1a75")
+    assert installed["fingerprint"] == pki.certificate_facts(certificates[-1].cert).sha256
+
+
+async def test_a_client_ca_rotation_and_a_chain_only_change_each_cost_one_write(world: World, emqx: Emulator) -> None:
+    chain = three_level("mqtt.example.com")
+    world.kube.put_tls("mqtt-tls", chain.full_pem, chain.leaf.key_pem())
+    world.kube.put("client-ca", **{"ca.crt": issue("Client CA 1", ca=True).cert_pem.decode()})
+    spec = dtls_spec(emqx, tlsType="two-way", clientCA={"secretName": "client-ca", "key": "ca.crt"})
+    await world.sync("deploymenttlses", "broker", spec)
+    await world.advance(60)
+    await world.sync("deploymenttlses", "broker", spec)
+    assert writes(emqx) == ["POST"] and world.ready("broker") == ("True", "Synced")
+    world.kube.put("client-ca", **{"ca.crt": issue("Client CA 2", ca=True).cert_pem.decode()})
+    await world.sync("deploymenttlses", "broker", spec)
+    assert writes(emqx) == ["POST", "PUT"]
+    await world.advance(60)
+    await world.sync("deploymenttlses", "broker", spec)
+    # the same leaf and key under a re-issued intermediate
+    world.kube.put_tls("mqtt-tls", chain.leaf.cert_pem + chain.reissued_intermediate_pem(), chain.leaf.key_pem())
+    await world.sync("deploymenttlses", "broker", spec)
+    assert writes(emqx) == ["POST", "PUT", "PUT"]
+    await world.advance(60)
+    await world.sync("deploymenttlses", "broker", spec)
+    await world.sync("deploymenttlses", "broker", spec)
+    assert writes(emqx) == ["POST", "PUT", "PUT"] and world.ready("broker") == ("True", "Synced")
+
+
+async def test_two_resources_on_one_deployment_the_younger_stalls_without_a_call(world: World, emqx: Emulator) -> None:
+    world.kube.put_tls("mqtt-tls", issue("mqtt.example.com"))
+    spec = dtls_spec(emqx)
+    target = deploymenttls.target_of(spec)
+    older, younger = Claim("2026-01-01T00:00:00Z", NS, "first"), Claim("2026-02-01T00:00:00Z", NS, "second")
+    world.claims[("deploymenttlses", target)] = [older, younger]
+    await world.sync("deploymenttlses", "second", spec, created=younger.created)
+    assert world.ready("second") == ("False", "TargetConflict") and calls(emqx) == []
+    assert "team-a/first" in world.status("second")["conditions"][0]["message"]
+    # deleting the younger one never touches the older one's certificate
+    await world.sync("deploymenttlses", "first", spec, created=older.created)
+    resource = Resource("deploymenttlses", NS, "second", "uid", 1, younger.created, {**spec, "deletionPolicy": "Delete"},
+                        dict(world.status("second")))  # fmt: skip
+    assert await deletion.delete(world.rt, resource, None, 0) is None
+    assert "DELETE" not in writes(emqx)
+
+
+# --- CdnCertificate ----------------------------------------------------------------------------
+
+
+async def test_cdn_add_then_lost_record_adopts_instead_of_adding_twice(world: World, cdn: Emulator) -> None:
+    world.trusted_tls("shop-tls", "www.shop.example")
+    world.kube.fail = lambda patch: "appliedDigest" in patch
+    with pytest.raises(KubeError):
+        await world.sync("cdncertificates", "shop", cdn_spec(cdn))
+    world.kube.fail = lambda patch: False
+    await world.sync("cdncertificates", "shop", cdn_spec(cdn))
+    assert writes(cdn) == ["POST"] and world.status("shop")["seq"] == 1
+    assert world.ready("shop") == ("True", "Synced")
+
+
+async def test_cdn_new_certificate_costs_one_write_and_no_detail_read(world: World, cdn: Emulator) -> None:
+    world.trusted_tls("shop-tls", "www.shop.example")
+    await world.sync("cdncertificates", "shop", cdn_spec(cdn))
+    assert calls(cdn) == [
+        "GET /app/ssl/v1/account/{account}/certificate/",
+        "POST /app/ssl/v1/account/{account}/certificate/",
+    ]
+    assert world.status("shop")["fingerprint"] and world.ready("shop") == ("True", "Synced")
+    await world.sync("cdncertificates", "shop", cdn_spec(cdn))  # nothing to do: no call
+    assert len(calls(cdn)) == 2
+
+
+async def test_cdn_chain_only_change_is_one_patch(world: World, cdn: Emulator) -> None:
+    chain = world.trusted_tls("shop-tls", "www.shop.example")
+    await world.sync("cdncertificates", "shop", cdn_spec(cdn))
+    world.kube.put_tls("shop-tls", chain.leaf.cert_pem + chain.reissued_intermediate_pem(), chain.leaf.key_pem())
+    await world.sync("cdncertificates", "shop", cdn_spec(cdn))
+    await world.sync("cdncertificates", "shop", cdn_spec(cdn))
+    assert writes(cdn) == ["POST", "PATCH"]
+
+
+async def test_spec_seq_wins_over_the_seq_in_status(world: World, cdn: Emulator) -> None:
+    world.trusted_tls("shop-tls", "www.shop.example")
+    await world.sync("cdncertificates", "shop", cdn_spec(cdn))
+    world.trusted_tls("img-tls", "img.shop.example")
+    await world.sync("cdncertificates", "img", {**cdn_spec(cdn), "secretName": "img-tls"})
+    img_seq = world.status("img")["seq"]
+    await world.sync("cdncertificates", "shop", {**cdn_spec(cdn), "seq": img_seq})
+    assert world.status("shop")["seq"] == img_seq and writes(cdn)[-1] == "PATCH"
+
+
+# --- LetsEncryptOrder --------------------------------------------------------------------------
+
+
+async def test_two_resource_orders_of_one_account_each_get_their_own_certificate(world: World, cdn: Emulator) -> None:
+    one = {**cdn_spec(cdn), "resourceId": "res1"}
+    two = {**cdn_spec(cdn), "resourceId": "res2"}
+    for spec in (one, two):
+        spec.pop("secretName")
+    await world.sync("letsencryptorders", "one", one)
+    world.claims[(letsencryptorder.INFLIGHT, letsencryptorder.account_of(one))] = [Claim("t", NS, "one")]
+    await world.sync("letsencryptorders", "two", two)  # queued: one order at a time per account
+    assert world.ready("two") == ("False", "Queued")
+    await world.advance(60)
+    await world.sync("letsencryptorders", "one", one)
+    world.claims.clear()
+    await world.sync("letsencryptorders", "two", two)
+    await world.advance(60)
+    await world.sync("letsencryptorders", "two", two)
+    seqs = {name: world.status(name)["certificateSeq"] for name in ("one", "two")}
+    names = {seq: pki.certificate_facts(c.chain[0]).sans for seq, c in cdn.state.certificates.items()}
+    assert names[seqs["one"]] == ("www.shop.example",) and names[seqs["two"]] == ("img.shop.example",)
+
+
+async def test_an_order_whose_record_was_lost_is_never_placed_twice(world: World, cdn: Emulator) -> None:
+    spec = {**cdn_spec(cdn), "domains": ["*.d.example"]}
+    spec.pop("secretName")
+    world.kube.fail = lambda patch: "orderedAt" in patch
+    with pytest.raises(KubeError):
+        await world.sync("letsencryptorders", "wild", spec)
+    world.kube.fail = lambda patch: False
+    await world.sync("letsencryptorders", "wild", spec)
+    await world.advance(60)
+    await world.sync("letsencryptorders", "wild", spec)
+    orders = [c for c in cdn.state.core.calls if c.method == "POST" and "letsencrypt" in c.path]
+    assert orders and all(o.status == 200 for o in orders)
+    assert len(cdn.state.orders) == 1 and world.ready("wild") == ("True", "Synced")
+
+
+# --- deletion ----------------------------------------------------------------------------------
+
+
+async def test_delete_uses_the_last_working_credentials_when_the_secret_is_gone(world: World, cdn: Emulator) -> None:
+    world.trusted_tls("shop-tls", "www.shop.example")
+    spec = {**cdn_spec(cdn), "deletionPolicy": "Delete"}
+    await world.sync("cdncertificates", "shop", spec)
+    del world.kube.secrets[(NS, "cdn-creds")]  # a namespace deletion removes Secrets in any order
+    resource = Resource("cdncertificates", NS, "shop", "uid-shop", 1, "t", spec, dict(world.status("shop")))
+    assert await deletion.delete(world.rt, resource, None, 0) is None
+    assert writes(cdn)[-1] == "DELETE" and not cdn.state.certificates
+
+
+async def test_delete_retries_an_unavailable_remote_then_gives_up_within_the_bound(world: World, cdn: Emulator) -> None:
+    world.trusted_tls("shop-tls", "www.shop.example")
+    spec = {**cdn_spec(cdn), "deletionPolicy": "Delete"}
+    await world.sync("cdncertificates", "shop", spec)
+    await cdn.fault("503", count=100)
+    resource = Resource("cdncertificates", NS, "shop", "uid-shop", 1, "t", spec, dict(world.status("shop")))
+    started = dt.datetime.now(dt.UTC)
+    again = await deletion.delete(world.rt, resource, started.isoformat(), 0)
+    assert again is not None and 1.0 <= again <= 30.0
+    too_late = (started - dt.timedelta(seconds=31)).isoformat()
+    assert await deletion.delete(world.rt, resource, too_late, 5) is None
+    reasons = [reason for _, reason, _ in world.kube.events]
+    assert "DeleteRetrying" in reasons and reasons[-1] == "DeleteFailed"
