@@ -97,7 +97,7 @@ class Chain:
             .not_valid_after(NOW + dt.timedelta(days=400))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         )
-        return builder.sign(self.root.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)  # type: ignore[arg-type]
+        return builder.sign(self.root.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
 def three_level(cn: str = "leaf.example.com", key_kind: str = "ec", root: Issued | None = None) -> Chain:
