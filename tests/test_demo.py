@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 
 def test_demo_reaches_ready_and_cleans_up() -> None:
     result = subprocess.run(
-        [sys.executable, str(REPO / "hack" / "demo.py")], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "devkit.demo"], cwd=REPO, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()

@@ -225,7 +225,8 @@ async def one_pass(rt: Runtime, r: Resource, failures: int) -> tuple[float | Non
         delay = jittered(poll_delay(failures), random.random()) if error.transient else None
         state = State("reconciling" if error.transient else "stalled", error.reason, error.message)
     except Exception as error:  # a bug or an unforeseen answer: say so, back off, keep the traceback in the log
-        log.exception("%s %s/%s: unexpected error in a pass", KINDS[r.plural], r.namespace, r.name)
+        log.exception("%s %s/%s: unexpected error in a pass", KINDS[r.plural], r.namespace, r.name,
+                      extra={"k8s_ref": r.log_ref})  # fmt: skip
         delay = jittered(poll_delay(failures), random.random())
         state = State("reconciling", "InternalError", f"unexpected {type(error).__name__}; retrying in {delay:.0f}s")
     try:

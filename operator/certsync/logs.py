@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import logging
 import sys
+import traceback
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,7 +29,9 @@ class JsonFormatter(logging.Formatter):
         if reason:
             event["reason"] = reason
         if record.exc_info and record.exc_info[0] is not None:
-            event["error"] = record.exc_info[0].__name__  # the type only: a traceback may quote input
+            event["error"] = record.exc_info[0].__name__  # the type, not the message: a message may quote input
+            frames = traceback.extract_tb(record.exc_info[2])[-6:]
+            event["where"] = [f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in frames]
         return json.dumps(event, ensure_ascii=False)
 
 

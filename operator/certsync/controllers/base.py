@@ -93,6 +93,10 @@ class Resource:
         return ObjectRef(self.plural, KINDS[self.plural], self.namespace, self.name, self.uid)
 
     @property
+    def log_ref(self) -> dict[str, str]:
+        return {"kind": KINDS[self.plural], "namespace": self.namespace, "name": self.name}
+
+    @property
     def key(self) -> tuple[str, str, str]:
         return (self.plural, self.namespace, self.name)
 
@@ -135,7 +139,7 @@ async def finish(
         if old_ready.get("reason") != state.reason:
             await event(rt, r, "Warning" if warning else "Normal", state.reason, state.message)
         log.info("%s %s/%s: %s: %s", kind, r.namespace, r.name, state.reason, state.message,
-                 extra={"reason": state.reason})  # fmt: skip
+                 extra={"reason": state.reason, "k8s_ref": r.log_ref})  # fmt: skip
     return delay
 
 

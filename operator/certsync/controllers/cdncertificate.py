@@ -110,7 +110,7 @@ async def sync(rt: Runtime, r: Resource) -> float | None:
     rec = rc.Record.from_status(r.status)
     seq = rc.wanted_seq(desired, rec)
     if seq is not None:
-        if rec.applied_digest == desired.digest and seq == rec.seq and not r.forced:
+        if rec.applied_digest == desired.digest and seq == rec.seq:
             # A drift check: the shared list settles it when the certificate is listed with our expiry.
             listed = {c.seq: c for c in await listing(rt, access)}
             item = listed.get(seq)
@@ -158,6 +158,8 @@ async def _find_or_add(
 ) -> float | None:
     now = rt.clock()
     found = await find_by_fingerprint(rt, r, access, material, desired.target)
+    if isinstance(found, State):
+        return await finish(rt, r, found, {}, None)
     if found is not None:
         updates = {**facts(material, found), "appliedDigest": desired.digest, "target": desired.target,
                    "lastSyncTime": pki.rfc3339(now)}  # fmt: skip
@@ -189,20 +191,21 @@ async def _find_or_add(
 
 async def find_by_fingerprint(
     rt: Runtime, r: Resource, access: CdnAccess, material: TLSMaterial, target: str, fresh: bool = False
-) -> int | None:
-    """The remote certificate holding our chain, unless another resource owns it; details only for the same CN."""
+) -> int | State | None:
+    """The remote certificate holding our chain (details only for the same CN), or the conflict if another owns it."""
     if fresh:
         forget_listing(rt, access)
     leaf = material.bundle.leaf
     for item in await listing(rt, access):
-        if item.cn != leaf.subject_cn or conflict(rt, r, target_key(target, str(item.seq)), "") is not None:
+        if item.cn != leaf.subject_cn:
             continue
         try:
             detailed = await rt.cdn.get_certificate(access, item.seq)
         except RecordNotFound:
             continue
         if rc.holds_chain(tuple(link.fingerprint for link in detailed.chain_info or ()), material.chain_sha1):
-            return detailed.seq
+            clash = conflict(rt, r, target_key(target, str(detailed.seq)), f"certificate seq {detailed.seq}")
+            return clash if clash is not None else detailed.seq
     return None
 
 
@@ -223,7 +226,7 @@ async def _resolve(rt: Runtime, r: Resource, access: CdnAccess, material: TLSMat
             pass
     elif intent.op == "add":
         found = await find_by_fingerprint(rt, r, access, material, intent.target, fresh=True)
-        landed = found if found is not None and chain == material.chain_sha1 else None
+        landed = found if isinstance(found, int) and chain == material.chain_sha1 else None
     updates: dict[str, Any] = {"intent": None}
     if landed is not None:
         updates.update(seq=landed, appliedDigest=intent.digest, target=intent.target)
