@@ -255,8 +255,7 @@ def _daemon(plural: str) -> None:
                 break
             await _sleep(wake, stopped, delay)
         if stopped.reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in stopped.reason:
-            w.forget(key)
-            rt.forget(key)
+            w.forget(key)  # the deletion handler, which runs after this, drops the rest (it needs the credentials)
 
 
 async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped, delay: float | None) -> None:
