@@ -273,3 +273,61 @@ def test_deletion_with_credentials_gone_and_with_a_503_storm(
         assert time.monotonic() - started < 60
     events = kube.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
     assert "DeleteRetrying" in events and "DeleteFailed" in events
+
+
+def test_two_resource_orders_in_one_account_each_report_their_own_certificate(
+    kube: Kube, namespace: str, operator_kubeconfig: Path, cdn_many: EmulatorProcess, tmp_path: Path
+) -> None:
+    kube.apply(creds_secret("cdn-creds", username=USER, password=PASSWORD),
+               order("one", cdn_many.url, resourceId="res1"), order("two", cdn_many.url, resourceId="res2"),
+               namespace=namespace)  # fmt: skip
+    with operator(operator_kubeconfig, tmp_path / "op.log", *operator_args(namespace, cdn_many.url)):
+        for name in ("one", "two"):
+            ready(kube, "letsencryptorder", name, namespace, timeout="90s")
+    token = httpx.post(f"{cdn_many.url}/app/oauth/v1/token/", data={"username": USER, "password": PASSWORD})
+    headers = {"CDN-AUTH-TOKEN": token.json()["token"]}
+    for name, cn in (("one", "r1.shop.example"), ("two", "r2.shop.example")):
+        seq = kube.get("letsencryptorder", name, namespace)["status"]["certificateSeq"]
+        got = httpx.get(f"{cdn_many.url}/app/ssl/v1/account/acct1/certificate/{seq}", headers=headers).json()
+        assert got["data"][0]["cn"] == cn, name
+
+
+def test_client_ca_rotation_and_chain_only_change_are_one_write_each(
+    kube: Kube,
+    namespace: str,
+    operator_kubeconfig: Path,
+    emqx_many: EmulatorProcess,
+    cdn_many: EmulatorProcess,
+    root: Chain,
+    tmp_path: Path,
+) -> None:
+    chain = three_level("mqtt.example.com", root=root.root)
+    ca = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "client-ca"},
+          "stringData": {"ca.crt": issue("Client CA 1", ca=True).cert_pem.decode()}}  # fmt: skip
+    kube.apply(creds_secret("emqx-creds", apiKey=KEY, apiSecret=SECRET),
+               creds_secret("cdn-creds", username=USER, password=PASSWORD), ca,
+               tls_secret("mqtt-tls", chain.pem, chain.leaf.key_pem()),
+               dtls("broker", emqx_many.url, deployment="d3", tlsType="two-way",
+                    clientCA={"secretName": "client-ca", "key": "ca.crt"}),
+               cdn_cert("shop", cdn_many.url, secretName="mqtt-tls"), namespace=namespace)  # fmt: skip
+    args = operator_args(namespace, emqx_many.url, cdn_many.url)
+    with operator(operator_kubeconfig, tmp_path / "op.log", *args):
+        ready(kube, "deploymenttls", "broker", namespace)
+        ready(kube, "cdncertificate", "shop", namespace)
+        digest = kube.get("deploymenttls", "broker", namespace)["status"]["appliedDigest"]
+        ca["stringData"] = {"ca.crt": issue("Client CA 2", ca=True).cert_pem.decode()}
+        kube.apply(ca, namespace=namespace)
+        wait_for("the new client CA applied",
+                 lambda: kube.get("deploymenttls", "broker", namespace)["status"].get("appliedDigest") != digest)  # fmt: skip
+        ready(kube, "deploymenttls", "broker", namespace)
+        assert (count(emqx_many, "POST", "/d3/"), count(emqx_many, "PUT", "/d3/")) == (1, 1)
+        # the same leaf and key under a re-issued intermediate: one write to each remote
+        digests = {k: kube.get(k, n, namespace)["status"]["appliedDigest"] for k, n in
+                   (("deploymenttls", "broker"), ("cdncertificate", "shop"))}  # fmt: skip
+        reissued = chain.leaf.cert_pem + chain.reissued_intermediate_pem()
+        kube.apply(tls_secret("mqtt-tls", reissued, chain.leaf.key_pem()), namespace=namespace)
+        for kind, name in (("deploymenttls", "broker"), ("cdncertificate", "shop")):
+            wait_for(f"{kind} applied the new chain",
+                     lambda k=kind, n=name: kube.get(k, n, namespace)["status"].get("appliedDigest") != digests[k])  # fmt: skip
+            ready(kube, kind, name, namespace)
+        assert count(emqx_many, "PUT", "/d3/") == 2 and count(cdn_many, "PATCH", "/certificate/") == 1
