@@ -277,6 +277,19 @@ async def test_cdn_chain_only_change_is_one_patch(world: World, cdn: Emulator) -
     assert writes(cdn) == ["POST", "PATCH"]
 
 
+async def test_cdn_rotation_is_one_patch_and_a_vanished_certificate_is_added_again(world: World, cdn: Emulator) -> None:
+    world.trusted_tls("shop-tls", "www.shop.example")
+    await world.sync("cdncertificates", "shop", cdn_spec(cdn))
+    before = len(calls(cdn))
+    world.trusted_tls("shop-tls", "www.shop.example")
+    await world.sync("cdncertificates", "shop", cdn_spec(cdn))
+    assert calls(cdn)[before:] == ["PATCH /app/ssl/v1/account/{account}/certificate/{seq}"]
+    cdn.state.certificates.clear()  # removed by someone else
+    world.trusted_tls("shop-tls", "www.shop.example")
+    await world.sync("cdncertificates", "shop", cdn_spec(cdn))
+    assert writes(cdn)[-2:] == ["PATCH", "POST"] and world.ready("shop") == ("True", "Synced")
+
+
 async def test_spec_seq_wins_over_the_seq_in_status(world: World, cdn: Emulator) -> None:
     world.trusted_tls("shop-tls", "www.shop.example")
     await world.sync("cdncertificates", "shop", cdn_spec(cdn))

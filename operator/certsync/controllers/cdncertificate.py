@@ -110,6 +110,13 @@ async def sync(rt: Runtime, r: Resource) -> float | None:
     rec = rc.Record.from_status(r.status)
     seq = rc.wanted_seq(desired, rec)
     if seq is not None:
+        if rec.applied_digest and rec.applied_digest != desired.digest and seq == rec.seq and not r.forced:
+            # A rotation of the certificate we wrote there: status knows the seq, one PATCH is the whole cost.
+            try:
+                return await _patch(rt, r, access, material, desired, seq)
+            except RecordNotFound:  # someone removed it: add it anew (never a duplicate: find first)
+                await record(rt, r, {"seq": None, "appliedDigest": None})
+                return await _find_or_add(rt, r, access, material, desired)
         if rec.applied_digest == desired.digest and seq == rec.seq:
             # A drift check: the shared list settles it when the certificate is listed with our expiry.
             listed = {c.seq: c for c in await listing(rt, access)}

@@ -24,6 +24,8 @@ from certsync.reconcile.record import new_intent
 from certsync.reconcile.targets import target_key
 from certsync.settings import parse_duration
 
+MIN_DRIFT_S = 60.0  # the CRD refuses less; an older object or a direct write cannot make a read loop
+
 
 def target_of(spec: dict[str, Any] | Any) -> str:
     return target_key(endpoint_of(spec), str(spec.get("deploymentId", "")))
@@ -63,7 +65,9 @@ async def sync(rt: Runtime, r: Resource) -> float | None:
     deployment = str(spec["deploymentId"])
     scope, window = rt.emqx.scope(access, deployment, "PUT")
     rt.budget.restore(scope, window, {"sent": r.status.get("writeTimes", [])})
-    drift = parse_duration(str(spec["driftCheckInterval"])) if spec.get("driftCheckInterval") else None
+    drift = (
+        max(MIN_DRIFT_S, parse_duration(str(spec["driftCheckInterval"]))) if spec.get("driftCheckInterval") else None
+    )
     leaf = material.bundle.leaf
     desired = rd.Desired(
         target=target, digest=pki.material_digest(material.bundle, tls_type, ca_digest), tls_type=tls_type,
