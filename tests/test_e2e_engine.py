@@ -331,3 +331,43 @@ def test_client_ca_rotation_and_chain_only_change_are_one_write_each(
                      lambda k=kind, n=name: kube.get(k, n, namespace)["status"].get("appliedDigest") != digests[k])  # fmt: skip
             ready(kube, kind, name, namespace)
         assert count(emqx_many, "PUT", "/d3/") == 2 and count(cdn_many, "PATCH", "/certificate/") == 1
+
+
+def reconcile_passes(metrics_url: str) -> float:
+    try:
+        text = httpx.get(metrics_url + "/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return 0.0
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("certsync_reconcile_total{")
+    )
+
+
+def test_a_restart_in_sync_makes_no_remote_write_and_no_status_write(
+    kube: Kube,
+    namespace: str,
+    operator_kubeconfig: Path,
+    emqx_many: EmulatorProcess,
+    cdn_many: EmulatorProcess,
+    root: Chain,
+    tmp_path: Path,
+) -> None:
+    cert = issue("mqtt.example.com")
+    kube.apply(creds_secret("emqx-creds", apiKey=KEY, apiSecret=SECRET),
+               creds_secret("cdn-creds", username=USER, password=PASSWORD),
+               tls_secret("mqtt-tls", cert.cert_pem, cert.key_pem()),
+               tls_secret("shop-tls", root.pem, root.leaf.key_pem()),
+               dtls("broker", emqx_many.url, deployment="d2"), cdn_cert("shop", cdn_many.url),
+               order("www", cdn_many.url, resourceId="res3"), namespace=namespace)  # fmt: skip
+    args = operator_args(namespace, emqx_many.url, cdn_many.url)
+    resources = (("deploymenttls", "broker"), ("cdncertificate", "shop"), ("letsencryptorder", "www"))
+    with operator(operator_kubeconfig, tmp_path / "op.log", *args):
+        for kind, name in resources:
+            ready(kube, kind, name, namespace, timeout="90s")
+    versions = {name: kube.get(kind, name, namespace)["metadata"]["resourceVersion"] for kind, name in resources}
+    remote = (len(emqx_many.writes()), len(cdn_many.writes()))
+    with operator(operator_kubeconfig, tmp_path / "op.log", *args) as op:
+        wait_for("a pass over each resource", lambda: reconcile_passes(op.metrics_url) >= len(resources))
+        after = {name: kube.get(kind, name, namespace)["metadata"]["resourceVersion"] for kind, name in resources}
+    assert after == versions
+    assert (len(emqx_many.writes()), len(cdn_many.writes())) == remote

@@ -65,7 +65,8 @@ async def sync(rt: Runtime, r: Resource) -> float | None:
     rt.last_credentials[r.key] = access
     status = r.status
     if status.get("certificateSeq") and status.get("target") == target and not r.forced:
-        return await finish(rt, r, State("ready", "Synced", "certificate issued"), {}, None)
+        issued = State("ready", "Synced", f"certificate seq {status['certificateSeq']} issued")
+        return await finish(rt, r, issued, {}, None)
     intent = Intent.from_status(status.get("intent"))
     if intent is not None:
         await _resolve(rt, r, access, intent, resource_id, domains)
