@@ -73,3 +73,45 @@ def test_export_and_restore_survive_a_restart() -> None:
     clock.now += 3600
     after.acquire(SCOPE, EMQX_WRITE)
     assert after.remaining(SCOPE, EMQX_WRITE) == 5
+
+
+async def test_concurrency_bounds_each_scope_and_the_whole_and_serves_in_order() -> None:
+    import asyncio
+
+    from certsync.budget import Concurrency
+
+    limits = Concurrency(per_scope=2, overall=3)
+    peak: dict[str, int] = {}
+    running: dict[str, int] = {}
+    order: list[int] = []
+    gate = asyncio.Event()
+
+    async def call(scope: str, n: int) -> None:
+        async with limits.slot(scope):
+            running[scope] = running.get(scope, 0) + 1
+            peak[scope] = max(peak.get(scope, 0), running[scope])
+            peak["all"] = max(peak.get("all", 0), sum(running.values()))
+            order.append(n)
+            await gate.wait()
+            running[scope] -= 1
+
+    tasks = [asyncio.create_task(call("a" if n % 2 else "b", n)) for n in range(10)]
+    while len(order) < 3:
+        await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert peak["a"] <= 2 and peak["b"] <= 2 and peak["all"] <= 3
+    assert sorted(order) == list(range(10)) and order[:3] == [0, 1, 2]
+    assert limits.in_flight() == 0 and not limits._scopes  # nothing left behind
+
+
+async def test_a_failing_call_gives_its_slot_back() -> None:
+    import pytest
+    from certsync.budget import Concurrency
+
+    limits = Concurrency(per_scope=1, overall=1)
+    with pytest.raises(RuntimeError):
+        async with limits.slot("x"):
+            raise RuntimeError("remote exploded")
+    async with limits.slot("x"):
+        assert limits.in_flight() == 1

@@ -11,9 +11,11 @@ operator restart.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 Clock = Callable[[], float]
@@ -144,3 +146,38 @@ def _floats(values: object) -> list[float]:
     if not isinstance(values, list):
         return []
     return [float(v) for v in values if isinstance(v, int | float)]
+
+
+class Concurrency:
+    """Bounds remote calls in flight, per scope and overall, so that a thousand resources queue in order.
+
+    Without it every daemon fires at once and the HTTP pool, not the operator, decides who waits (and
+    times most of them out). A call first takes a slot of its scope (EMQX endpoint + deployment, CDN
+    endpoint + account), then one of the overall limit; asyncio's semaphores serve waiters first come,
+    first served. Scopes nobody uses are forgotten.
+    """
+
+    def __init__(self, per_scope: int = 2, overall: int = 32) -> None:
+        if per_scope < 1 or overall < 1:
+            raise ValueError("concurrency limits must be at least 1")
+        self.per_scope = per_scope
+        self.overall = overall
+        self._all = asyncio.Semaphore(overall)
+        self._scopes: dict[str, tuple[asyncio.Semaphore, int]] = {}
+
+    def in_flight(self) -> int:
+        return self.overall - self._all._value
+
+    @contextlib.asynccontextmanager
+    async def slot(self, scope: str) -> AsyncIterator[None]:
+        semaphore, users = self._scopes.get(scope) or (asyncio.Semaphore(self.per_scope), 0)
+        self._scopes[scope] = (semaphore, users + 1)
+        try:
+            async with semaphore, self._all:
+                yield
+        finally:
+            semaphore, users = self._scopes[scope]
+            if users <= 1:
+                del self._scopes[scope]
+            else:
+                self._scopes[scope] = (semaphore, users - 1)
