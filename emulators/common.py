@@ -46,6 +46,7 @@ class Call:
     template: str
     status: int
     at: float
+    replica: str = ""  # the operator replica that sent it (its X-Certsync-Replica header)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +55,7 @@ class Call:
             "template": self.template,
             "status": self.status,
             "at": self.at,
+            "replica": self.replica,
         }
 
 
@@ -86,6 +88,10 @@ def route_template(request: web.Request) -> str:
     return info.canonical if info is not None else request.path
 
 
+def replica(request: web.Request) -> str:
+    return request.headers.get("X-Certsync-Replica", "")
+
+
 def fault_middleware(core: EmulatorCore, status_answer: StatusAnswer) -> Middleware:
     """Records each provider call and serves the next injected fault instead of (or before) it."""
 
@@ -98,7 +104,9 @@ def fault_middleware(core: EmulatorCore, status_answer: StatusAnswer) -> Middlew
             core.faults.remove(fault)
         response: web.StreamResponse
         if fault is not None and fault.kind == "drop":
-            core.calls.append(Call(request.method, request.path, route_template(request), 0, core.now()))
+            core.calls.append(
+                Call(request.method, request.path, route_template(request), 0, core.now(), replica(request))
+            )
             if request.transport is not None:
                 request.transport.abort()
             raise asyncio.CancelledError  # aiohttp ends the handler quietly; the client sees a reset
@@ -126,7 +134,9 @@ def fault_middleware(core: EmulatorCore, status_answer: StatusAnswer) -> Middlew
                 response = await handler(request)
             except web.HTTPException as error:
                 response = error
-        core.calls.append(Call(request.method, request.path, route_template(request), response.status, core.now()))
+        core.calls.append(
+            Call(request.method, request.path, route_template(request), response.status, core.now(), replica(request))
+        )
         return response
 
     return middleware

@@ -6,20 +6,27 @@ import argparse
 import asyncio
 import base64
 import datetime as dt
+import logging
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from aiohttp import web
 
-from certsync import logs, pki
+from certsync import logs, pki, remote
 from certsync import reconcile as rc
 from certsync import settings as settings_module
 from certsync.budget import RateBudget
 from certsync.metrics import Metrics
+
+if TYPE_CHECKING:
+    from certsync.leader import Elector
+
+log = logging.getLogger("certsync")
 
 
 def run_operator(argv: Sequence[str]) -> int:
@@ -33,12 +40,15 @@ def run_operator(argv: Sequence[str]) -> int:
     from certsync import handlers  # noqa: F401  (registers the handlers)
 
     logs.configure(config.log_format)
-    asyncio.run(_operate(config, kopf.Memo(settings=config, budget=RateBudget(), metrics=Metrics())))
-    return 0
+    return asyncio.run(_operate(config, kopf.Memo(settings=config, budget=RateBudget(), metrics=Metrics())))
 
 
-async def _operate(config: settings_module.Settings, memo: Any) -> None:
-    """Stand by until this replica leads (Lease), then run kopf until stopped or leadership is lost."""
+async def _operate(config: settings_module.Settings, memo: Any) -> int:
+    """Stand by until this replica leads (Lease), then run kopf until stopped; exit at once when leadership is lost.
+
+    Exit codes: 0 after a clean stop (SIGTERM: kopf finishes, then the Lease is released), 1 when the
+    operator failed or leadership was lost (the process ends without waiting for anything: the pod restarts
+    and stands by)."""
     import kopf
     import kubernetes
 
@@ -48,35 +58,90 @@ async def _operate(config: settings_module.Settings, memo: Any) -> None:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    metrics: Metrics = memo["metrics"]
     # Health and metrics are served from the start, also while a replica stands by.
-    server = web.AppRunner(memo["metrics"].app(memo["budget"]), access_log=None)
+    server = web.AppRunner(metrics.app(memo["budget"]), access_log=None)
     await server.setup()
     await web.TCPSite(server, "0.0.0.0", config.metrics_port).start()  # probes come from the kubelet
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)  # kopf installs its own once it runs
-    lock = None
-    if config.leader_election:
-        lock = leader.LeaseLock(namespace=config.lease_namespace or leader.default_namespace())
-        if not await leader.lead(lock, stop):
-            await server.cleanup()
-            return
-    keeper = asyncio.create_task(leader.keep(lock, stop)) if lock else None
-    try:
-        await kopf.operator(
+    kopf_ready = asyncio.Event()  # set by kopf once its startup handlers ran and its watches start
+
+    def operator() -> Coroutine[Any, Any, None]:
+        return kopf.operator(
             standalone=True,  # one replica acts at a time: the Lease decides which, not kopf peering
             clusterwide=not config.namespaces,
             namespaces=list(config.namespaces),
             memo=memo,
             stop_flag=stop,
+            ready_flag=kopf_ready,
         )
+
+    try:
+        if not config.leader_election:
+            metrics.readiness = lambda: (kopf_ready.is_set(), "acting" if kopf_ready.is_set() else "starting")
+            await operator()
+            return 0
+        identity = leader.new_identity()
+        remote.REPLICA.set(identity)  # every remote request names the replica that sent it
+        namespace = config.lease_namespace or leader.default_namespace()
+        timing = leader.Timing(config.lease_duration, config.renew_deadline, config.retry_period)
+        elector = leader.Elector(
+            leader.KubernetesLeases(namespace, config.lease_name), identity, timing, metrics=metrics
+        )
+        log.info("lease %s/%s, replica %s", namespace, config.lease_name, identity)
+        metrics.liveness = lambda: (elector.alive(), "ok" if elector.alive() else "the election loop is stuck")
+        metrics.readiness = lambda: _readiness(elector, kopf_ready)
+        if config.debug_election_signals:
+            loop.add_signal_handler(signal.SIGUSR1, elector.inject, "stall")
+            loop.add_signal_handler(signal.SIGUSR2, elector.inject, "crash")
+        return await _lead(elector, operator, stop)
+    except Exception as error:
+        log.error("the operator failed: %s", type(error).__name__)
+        return 1
     finally:
-        if keeper is not None:
-            keeper.cancel()
-        if lock is not None:
-            await asyncio.to_thread(lock.release)
         await server.cleanup()
+
+
+async def _lead(elector: Elector, operator: Callable[[], Coroutine[Any, Any, None]], stop: asyncio.Event) -> int:
+    from certsync import leader
+
+    campaign = asyncio.create_task(elector.acquire(), name="lease campaign")
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({campaign, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not campaign.done():  # stopped while standing by: nothing to hand over
+        campaign.cancel()
+        return 0
+    campaign.result()  # the campaign loop died (never on API errors, which it retries)
+    try:
+        await leader.lead(elector, operator())
+    except leader.LeadershipLost as lost:
+        # Stop acting now: no graceful shutdown, whose handlers would still call the remotes.
+        log.error("leadership lost, exiting at once: %s", lost)
+        _exit_now(1)
+    except Exception as error:
+        log.error("the operator failed (%s); releasing the lease", type(error).__name__)
+        await elector.release()
+        return 1
+    await elector.release()  # kopf has stopped: a standby may take over at once
+    return 0
+
+
+def _readiness(elector: Elector, kopf_ready: asyncio.Event) -> tuple[bool, str]:
+    if not elector.alive():
+        return False, "the election loop is stuck"
+    if not elector.leading:
+        return True, "standby"
+    return (True, "leader") if kopf_ready.is_set() else (False, "leader, starting")
+
+
+def _exit_now(code: int) -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(code)
 
 
 def check(argv: Sequence[str]) -> int:

@@ -1,4 +1,11 @@
-"""Prometheus metrics and the health endpoint, served on one port.
+"""Prometheus metrics and the health endpoints, served on one port.
+
+`/livez` answers 503 when one of the operator's own loops is dead or stuck (a
+dead server does not answer at all); `/readyz` answers 200 when this replica
+can do its part: the leader with its watches running, or a healthy standby
+(the body says which). A standby is Ready on purpose: with a never-Ready
+standby, a rolling update never completes and the PodDisruptionBudget never
+allows an eviction. `/healthz` is kept as an alias of `/livez`.
 
 Names follow cert-manager's (`certmanager_certificate_expiration_timestamp_seconds`,
 `certmanager_certificate_ready_status`) with the `certsync_` prefix.
@@ -7,13 +14,15 @@ Names follow cert-manager's (`certmanager_certificate_expiration_timestamp_secon
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from certsync.budget import RateBudget
+
+Probe = Callable[[], tuple[bool, str]]
 
 
 class Metrics:
@@ -43,7 +52,19 @@ class Metrics:
             "certsync_certificate_ready_status", "Ready condition of each resource (1 for the current condition)",
             ["kind", "namespace", "name", "condition"], registry=self.registry,
         )  # fmt: skip
-        self.healthy: Callable[[], bool] = lambda: True
+        self.leader = Gauge(
+            "certsync_leader", "1 on the replica that holds the Lease and acts, 0 on a standby", registry=self.registry
+        )
+        self.leader_transitions = Counter(
+            "certsync_leader_transitions", "Changes of the Lease holder seen by this replica", registry=self.registry
+        )
+        self.leader_last_renewal = Gauge(
+            "certsync_leader_last_renewal_timestamp_seconds", "When this replica last acquired or renewed the Lease",
+            registry=self.registry,
+        )  # fmt: skip
+        # Probes: (ok, what to say). The operator replaces them once its loops exist.
+        self.liveness: Probe = lambda: (True, "ok")
+        self.readiness: Probe = lambda: (False, "starting")
 
     def observe_request(self, api: str, call: str, code: str, seconds: float) -> None:
         self.requests.labels(api, call, code).inc()
@@ -72,10 +93,21 @@ class Metrics:
                 self.refresh_budgets(budget)
             return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-        async def healthz(_: web.Request) -> web.Response:
-            ok = self.healthy()
-            return web.Response(status=200 if ok else 503, text="ok" if ok else "starting")
+        def probe(check: Callable[[], Probe]) -> Callable[[web.Request], Awaitable[web.Response]]:
+            async def answer(_: web.Request) -> web.Response:
+                ok, text = check()()
+                return web.Response(status=200 if ok else 503, text=text)
 
+            return answer
+
+        live, ready = probe(lambda: self.liveness), probe(lambda: self.readiness)
         app = web.Application()
-        app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz)])
+        app.add_routes(
+            [
+                web.get("/metrics", metrics),
+                web.get("/livez", live),
+                web.get("/healthz", live),
+                web.get("/readyz", ready),
+            ]
+        )
         return app

@@ -16,6 +16,7 @@ headers or credentials.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
 import random
 import time
@@ -28,6 +29,10 @@ import httpx
 from certsync.budget import BudgetExhausted, RateBudget, Scope, Window
 
 DEFAULT_TIMEOUT = httpx.Timeout(20.0, connect=5.0)
+# The identity of the replica sending (its Lease identity), on every request: a remote's log then shows
+# which replica wrote what. Set once by the command line before the operator starts; tasks inherit it.
+REPLICA: contextvars.ContextVar[str] = contextvars.ContextVar("certsync_replica", default="")
+REPLICA_HEADER = "X-Certsync-Replica"
 T = TypeVar("T")
 MAX_MESSAGE = 200  # remote messages are cut so that a chatty server cannot flood logs or status
 
@@ -128,6 +133,8 @@ async def send(
     observe: Observer = no_observer,
 ) -> httpx.Response:
     """Send one request, turning every transport failure into `TransportError`."""
+    if replica := REPLICA.get():
+        request.headers[REPLICA_HEADER] = replica
     started = time.perf_counter()
     try:
         response = await http.send(request, auth=auth)

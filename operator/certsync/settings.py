@@ -43,6 +43,14 @@ class Settings:
     lease_namespace: str = ""  # empty: the pod's namespace (in cluster) or the kubeconfig context's
     # How long a deletion with `Delete` keeps retrying an unavailable remote before it releases the finalizer.
     delete_timeout: float = 3600.0
+    lease_name: str = "certsync-leader"
+    # client-go's three durations: a standby takes over after `lease_duration` without a change of the Lease;
+    # the leader stops acting when it could not renew for `renew_deadline` (shorter: the margin covers the
+    # stop); every `retry_period` the leader renews and a standby looks again.
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    debug_election_signals: bool = False  # tests only: SIGUSR1 stalls, SIGUSR2 crashes the election loop
 
     def endpoint_allowed(self, endpoint: str) -> bool:
         """A prefix match on the normalised URL; `http://` only where a prefix names it explicitly."""
@@ -69,6 +77,15 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lease-namespace", help="namespace of the leader Lease (CERTSYNC_LEASE_NAMESPACE)")
     p.add_argument("--delete-timeout", help="how long deletion retries the remote (CERTSYNC_DELETE_TIMEOUT)")
+    p.add_argument("--lease-name", help="name of the leader Lease (CERTSYNC_LEASE_NAME)")
+    p.add_argument(
+        "--lease-duration", help="a standby takes over after this long without renewal (CERTSYNC_LEASE_DURATION)"
+    )
+    p.add_argument(
+        "--renew-deadline", help="the leader stops acting when it cannot renew for this long (CERTSYNC_RENEW_DEADLINE)"
+    )
+    p.add_argument("--retry-period", help="between two renewals or two tries of a standby (CERTSYNC_RETRY_PERIOD)")
+    p.add_argument("--debug-election-signals", choices=["true", "false"], help=argparse.SUPPRESS)
     p.add_argument("--emqx-budget-window", help="EMQX rate window, emulators only (CERTSYNC_EMQX_BUDGET_WINDOW)")
     return p
 
@@ -92,6 +109,15 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     election = (pick(args.leader_election, "CERTSYNC_LEADER_ELECTION") or "true").lower()
     if election not in ("true", "false"):
         raise SettingsError(f"CERTSYNC_LEADER_ELECTION must be true or false, not {election!r}")
+    lease_duration = parse_duration(pick(args.lease_duration, "CERTSYNC_LEASE_DURATION") or "15s")
+    renew_deadline = parse_duration(pick(args.renew_deadline, "CERTSYNC_RENEW_DEADLINE") or "10s")
+    retry_period = parse_duration(pick(args.retry_period, "CERTSYNC_RETRY_PERIOD") or "2s")
+    if not 0 < retry_period < renew_deadline < lease_duration:
+        raise SettingsError(
+            "leader election needs 0 < CERTSYNC_RETRY_PERIOD < CERTSYNC_RENEW_DEADLINE < CERTSYNC_LEASE_DURATION, "
+            f"not {retry_period:g}s, {renew_deadline:g}s, {lease_duration:g}s"
+        )
+    debug_signals = (pick(args.debug_election_signals, "CERTSYNC_DEBUG_ELECTION_SIGNALS") or "false").lower()
     if log_format not in ("json", "text"):
         raise SettingsError(f"CERTSYNC_LOG_FORMAT must be json or text, not {log_format!r}")
     if not port.isdigit() or not 0 <= int(port) < 65536:
@@ -113,4 +139,9 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         leader_election=election == "true",
         lease_namespace=pick(args.lease_namespace, "CERTSYNC_LEASE_NAMESPACE") or "",
         delete_timeout=delete_timeout,
+        lease_name=pick(args.lease_name, "CERTSYNC_LEASE_NAME") or "certsync-leader",
+        lease_duration=lease_duration,
+        renew_deadline=renew_deadline,
+        retry_period=retry_period,
+        debug_election_signals=debug_signals == "true",
     )
