@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -155,10 +155,32 @@ class ControlPlane:
     server: str
     kubeconfig: Path
     processes: list[subprocess.Popen[bytes]]
+    popen_options: dict[str, object] = field(default_factory=dict)
 
     @property
     def kubectl(self) -> Path:
         return self.bin / "kubectl"
+
+    # For tests of an API server that stops answering or goes away (etcd, and so the data, stay).
+
+    def pause_apiserver(self) -> None:
+        """SIGSTOP: connections are accepted by the kernel but nothing answers."""
+        os.kill(self.processes[-1].pid, signal.SIGSTOP)
+
+    def resume_apiserver(self) -> None:
+        os.kill(self.processes[-1].pid, signal.SIGCONT)
+
+    def kill_apiserver(self) -> None:
+        """SIGKILL (also ends a paused one): connections are refused until `start_apiserver`."""
+        self.processes[-1].kill()
+        self.processes[-1].wait()
+
+    def start_apiserver(self) -> None:
+        """Start it again with the same flags (same port) and wait until it is ready."""
+        args = [str(arg) for arg in self.processes[-1].args]  # type: ignore[union-attr]
+        self.processes[-1] = _spawn(args, self.root / "logs" / "kube-apiserver.log", self.popen_options)
+        (self.root / "pids").write_text("\n".join(str(p.pid) for p in self.processes))
+        wait_ready(self, self.root / "pki")
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -174,7 +196,7 @@ class ControlPlane:
 
 
 def _spawn(args: list[str], log: Path, options: dict[str, object]) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor (a restart appends)
         return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, **options)  # type: ignore[call-overload,no-any-return]
 
 
@@ -193,7 +215,7 @@ def start(root: Path, *, tied_to_parent: bool) -> ControlPlane:
     if tied_to_parent:
         popen_options["preexec_fn"] = _die_with_parent
     processes: list[subprocess.Popen[bytes]] = []
-    plane = ControlPlane(root, binaries, server, root / "admin.kubeconfig", processes)
+    plane = ControlPlane(root, binaries, server, root / "admin.kubeconfig", processes, popen_options)
     try:
         processes.append(
             _spawn(

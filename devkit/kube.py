@@ -22,6 +22,7 @@ class Kube:
     kubeconfig: Path
     server: str
     ca: Path
+    plane: controlplane.ControlPlane | None = None  # the local one, for tests that stop its API server
 
     def kubectl(
         self, *args: str, input: str | None = None, kubeconfig: Path | None = None, check: bool = True

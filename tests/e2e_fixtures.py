@@ -20,7 +20,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
     """etcd + kube-apiserver built from the pinned Go modules, tied to this process (never outlives it)."""
     root = tmp_path_factory.mktemp("controlplane")
     plane = controlplane.start(root / "run", tied_to_parent=True)
-    cluster = Kube(plane.kubectl, plane.kubeconfig, plane.server, root / "run" / "pki" / "ca.crt")
+    cluster = Kube(plane.kubectl, plane.kubeconfig, plane.server, root / "run" / "pki" / "ca.crt", plane)
     cluster.kubectl("apply", "-k", str(REPO / "crds"))
     cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
     try:
