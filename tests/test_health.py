@@ -118,16 +118,21 @@ def test_election_durations_are_settings_and_must_nest() -> None:
             settings.load(bad, environ={})
 
 
-async def test_every_remote_request_names_the_replica(emqx: Emulator) -> None:
+async def test_every_remote_request_names_the_replica_and_is_sent_only_while_it_leads(emqx: Emulator) -> None:
+    leads = [True]
+
     async def call() -> None:
-        remote.REPLICA.set("replica-a")
-        async with EmqxClient(budget=emqx.budget()) as client:
+        remote.REPLICA.set(remote.Replica("replica-a", lambda: leads[0]))
+        async with EmqxClient(budget=emqx.budget(), retry=remote.NO_RETRY) as client:
             with pytest.raises(TLSNotConfigured):
+                await client.get_tls(EmqxAccess(emqx.url, EMQX_KEY, EMQX_SECRET), "ge6a1a75")
+            leads[0] = False
+            with pytest.raises(remote.NotLeading):
                 await client.get_tls(EmqxAccess(emqx.url, EMQX_KEY, EMQX_SECRET), "ge6a1a75")
 
     await asyncio.create_task(call(), context=contextvars.Context())
     calls = (await emqx.control("GET", "calls"))["calls"]
-    assert [c["replica"] for c in calls] == ["replica-a"]
+    assert [c["replica"] for c in calls] == ["replica-a"]  # the second call never left
 
 
 def manifest(name: str) -> dict[str, Any]:

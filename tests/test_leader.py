@@ -338,3 +338,19 @@ def test_timing_needs_retry_below_deadline_below_duration() -> None:
         Timing(lease_duration=10, renew_deadline=10, retry_period=2)
     with pytest.raises(ValueError):
         Timing(lease_duration=15, renew_deadline=2, retry_period=2)
+
+
+async def test_a_leader_may_act_only_until_its_renew_deadline() -> None:
+    """Asked before every remote call: a leader held up past its deadline sends nothing, watchdog or not."""
+    store, clock = Store(), ManualClock()
+    a, _ = replica("a", store, clock)
+    assert not a.may_act()
+    assert await a.try_acquire_or_renew()
+    a.set_leading(True)
+    assert a.may_act()
+    clock.advance(TIMING.renew_deadline - 0.1)
+    assert a.may_act()
+    clock.advance(0.1)
+    assert not a.may_act()
+    with pytest.raises(TimeoutError):  # too late to renew: leadership is lost, never resumed
+        await a.try_acquire_or_renew()

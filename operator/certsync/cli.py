@@ -85,12 +85,12 @@ async def _operate(config: settings_module.Settings, memo: Any) -> int:
             await operator()
             return 0
         identity = leader.new_identity()
-        remote.REPLICA.set(identity)  # every remote request names the replica that sent it
         namespace = config.lease_namespace or leader.default_namespace()
         timing = leader.Timing(config.lease_duration, config.renew_deadline, config.retry_period)
         elector = leader.Elector(
             leader.KubernetesLeases(namespace, config.lease_name), identity, timing, metrics=metrics
         )
+        remote.REPLICA.set(remote.Replica(identity, elector.may_act))  # checked and named on every remote call
         log.info("lease %s/%s, replica %s", namespace, config.lease_name, identity)
         metrics.liveness = lambda: (elector.alive(), "ok" if elector.alive() else "the election loop is stuck")
         metrics.readiness = lambda: _readiness(elector, kopf_ready)

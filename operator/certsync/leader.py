@@ -205,6 +205,10 @@ class Elector:
         """On our own clock: the leader must have stopped acting by then, unless it renews first."""
         return (self.renewed_at if self.renewed_at is not None else -math.inf) + self.timing.renew_deadline
 
+    def may_act(self) -> bool:
+        """Leading, and the renew deadline not passed: asked before every remote call."""
+        return self.leading and self.clock() < self.deadline()
+
     def alive(self) -> bool:
         """The election loop still goes round (liveness)."""
         return self.clock() - self.heartbeat < self.timing.stalled_after

@@ -29,10 +29,22 @@ import httpx
 from certsync.budget import BudgetExhausted, RateBudget, Scope, Window
 
 DEFAULT_TIMEOUT = httpx.Timeout(20.0, connect=5.0)
-# The identity of the replica sending (its Lease identity), on every request: a remote's log then shows
-# which replica wrote what. Set once by the command line before the operator starts; tasks inherit it.
-REPLICA: contextvars.ContextVar[str] = contextvars.ContextVar("certsync_replica", default="")
 REPLICA_HEADER = "X-Certsync-Replica"
+
+
+@dataclass(frozen=True)
+class Replica:
+    """Which replica sends, and whether it may still act (the Lease's renew deadline on its own clock).
+
+    Checked on every request, right before it leaves: a leader whose event loop was held up past its
+    deadline (CPU starvation, a long pause) sends nothing more, even before its watchdog has run."""
+
+    identity: str
+    may_act: Callable[[], bool]
+
+
+# Set once by the command line before the operator starts; every task inherits it. Unset: no leader election.
+REPLICA: contextvars.ContextVar[Replica | None] = contextvars.ContextVar("certsync_replica", default=None)
 T = TypeVar("T")
 MAX_MESSAGE = 200  # remote messages are cut so that a chatty server cannot flood logs or status
 
@@ -66,6 +78,10 @@ class RemoteStatusError(RemoteError):
         super().__init__(f"{status}: {message}", retry_after=retry_after)
         self.status = status
         self.remote_message = message
+
+
+class NotLeading(TransportError):
+    """Not sent: this replica no longer holds the Lease (it is about to exit)."""
 
 
 class ServiceUnavailable(RemoteStatusError):
@@ -134,7 +150,9 @@ async def send(
 ) -> httpx.Response:
     """Send one request, turning every transport failure into `TransportError`."""
     if replica := REPLICA.get():
-        request.headers[REPLICA_HEADER] = replica
+        if not replica.may_act():
+            raise NotLeading(f"{api} {call}: not sent, this replica no longer leads")
+        request.headers[REPLICA_HEADER] = replica.identity
     started = time.perf_counter()
     try:
         response = await http.send(request, auth=auth)
