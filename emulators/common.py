@@ -2,7 +2,8 @@
 
 The control API lives under `/_emulator/` and is never part of a provider's API:
 
-    GET  /_emulator/calls    counts by method and path template, and every call in order
+    GET  /_emulator/calls    counts by method and path template, every call in order (with the sending
+                             replica's X-Certsync-Replica), and how many are in flight
     POST /_emulator/faults   {"kind": "429"|"503"|"latency"|"drop"|"lose"|"status", "count": N,
                               "retryAfter": S (429 only), "seconds": S (latency only),
                               "status": code (status only: the provider's own error code),
@@ -65,6 +66,7 @@ class EmulatorCore:
 
     offset: float = 0.0
     calls: list[Call] = field(default_factory=list)
+    inflight: int = 0  # provider calls received and not answered yet
     faults: collections.deque[Fault] = field(default_factory=collections.deque)
 
     def now(self) -> float:
@@ -99,6 +101,13 @@ def fault_middleware(core: EmulatorCore, status_answer: StatusAnswer) -> Middlew
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/_emulator/"):
             return await handler(request)
+        core.inflight += 1
+        try:
+            return await serve(request, handler)
+        finally:
+            core.inflight -= 1
+
+    async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
         fault = next((f for f in core.faults if f.method in (None, request.method)), None)
         if fault is not None:
             core.faults.remove(fault)
@@ -115,7 +124,9 @@ def fault_middleware(core: EmulatorCore, status_answer: StatusAnswer) -> Middlew
                 done = await handler(request)
             except web.HTTPException as error:
                 done = error
-            core.calls.append(Call(request.method, request.path, route_template(request), done.status, core.now()))
+            core.calls.append(
+                Call(request.method, request.path, route_template(request), done.status, core.now(), replica(request))
+            )
             if request.transport is not None:
                 request.transport.abort()
             raise asyncio.CancelledError
@@ -144,7 +155,8 @@ def fault_middleware(core: EmulatorCore, status_answer: StatusAnswer) -> Middlew
 
 def control_routes(core: EmulatorCore, reset_state: Callable[[], None]) -> list[web.RouteDef]:
     async def calls(_: web.Request) -> web.Response:
-        return json_response({"counts": core.counts(), "calls": [c.as_json() for c in core.calls]})
+        calls = [c.as_json() for c in core.calls]
+        return json_response({"counts": core.counts(), "calls": calls, "inflight": core.inflight})
 
     async def faults(request: web.Request) -> web.Response:
         body = await request.json()

@@ -202,21 +202,45 @@ def test_a_killed_api_server_never_lets_two_replicas_act_and_the_standby_survive
     assert_one_replica_at_a_time(emqx_process, a, b)
 
 
-def test_a_leader_killed_with_sigkill_is_replaced_within_the_lease_duration_and_nothing_is_written_twice(
+def test_a_leader_killed_with_sigkill_is_replaced_within_the_lease_duration(
+    kube: Kube, namespace: str, replicas: Replicas, emqx_process: EmulatorProcess
+) -> None:
+    a, b = start_two_and_sync(kube, namespace, replicas, emqx_process)
+    a.process.send_signal(signal.SIGKILL)
+    killed = time.time()
+    a.process.wait()
+    wait_until(lambda: b.role() == "leader", LEASE_DURATION + 2 * RETRY_PERIOD + SLACK + 10, "the standby leads")
+    # The standby sees the last renewal up to a retry period late, then looks once per retry period.
+    assert b.logged_at("acquired the lease") - killed <= LEASE_DURATION + 2 * RETRY_PERIOD + 1.0
+    rotate_and_wait(kube, namespace)
+    assert [(w["method"], w["replica"]) for w in emqx_process.writes()] == [
+        ("POST", a.identity()),
+        ("PUT", b.identity()),
+    ]
+    assert assert_one_replica_at_a_time(emqx_process, a, b) == ["a", "b"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the write-ahead record of the engine issue: a new leader reads the record and the remote first",
+)
+def test_a_write_answered_before_the_leader_died_is_not_written_again(
     kube: Kube, namespace: str, replicas: Replicas, emqx_process: EmulatorProcess
 ) -> None:
     kube.apply(*emqx_inputs(issue("mqtt.example.com")), namespace=namespace)
     a = replicas.start("a", "leader")
     b = replicas.start("b", "standby")
+    # The leader's read and write each take 2 s at the remote; the API server stops answering while the
+    # write is in flight, so the leader cannot record its outcome; it dies once the remote has answered.
+    emqx_process.control("POST", "faults", {"kind": "latency", "seconds": 2, "count": 2})
     kube.apply(dtls("broker", emqx_process.url), namespace=namespace)
-    # Kill the leader as soon as the remote has answered its write: its outcome may not be recorded yet.
-    wait_until(lambda: any(w["status"] == 200 for w in emqx_process.writes()), 60, "the first write", 0.01)
-    a.process.send_signal(signal.SIGKILL)
-    killed = time.time()
-    a.process.wait()
+    wait_until(lambda: emqx_process.control("GET", "calls")["calls"], 60, "the leader's first read", 0.02)
+    wait_until(lambda: emqx_process.control("GET", "calls")["inflight"], 10, "the leader's write in flight", 0.02)
+    with api_server_paused(plane_of(kube)):
+        wait_until(lambda: emqx_process.writes(), 10, "the write answered", 0.02)
+        a.process.send_signal(signal.SIGKILL)
+        a.process.wait()
     wait_until(lambda: b.role() == "leader", LEASE_DURATION + 2 * RETRY_PERIOD + SLACK + 10, "the standby leads")
-    # The standby sees the last renewal up to one retry period late and looks once per retry period.
-    assert b.logged_at("acquired the lease") - killed <= LEASE_DURATION + 2 * RETRY_PERIOD + 1.0
     kube.kubectl("wait", "-n", namespace, "--for=condition=Ready", "deploymenttls/broker", "--timeout=60s")
     assert [(w["method"], w["replica"]) for w in emqx_process.writes()] == [("POST", a.identity())]
     assert_one_replica_at_a_time(emqx_process, a, b)
