@@ -290,7 +290,8 @@ class Elector:
     def _log_error(self, what: str, error: Exception) -> None:
         text = _describe(error)
         if text != self._last_error:  # once per kind of error, not every retry period
-            log.warning("%s: %s; retrying every %gs", what, text, self.timing.retry_period)
+            hint = " (check the Role of deploy/base/lease-role.yaml)" if getattr(error, "status", 0) == 403 else ""
+            log.warning("%s: %s%s; retrying every %gs", what, text, hint, self.timing.retry_period)
             self._last_error = text
 
 
