@@ -220,10 +220,6 @@ def test_a_leader_killed_with_sigkill_is_replaced_within_the_lease_duration(
     assert assert_one_replica_at_a_time(emqx_process, a, b) == ["a", "b"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the write-ahead record of the engine issue: a new leader reads the record and the remote first",
-)
 def test_a_write_answered_before_the_leader_died_is_not_written_again(
     kube: Kube, namespace: str, replicas: Replicas, emqx_process: EmulatorProcess
 ) -> None:
@@ -232,6 +228,7 @@ def test_a_write_answered_before_the_leader_died_is_not_written_again(
     b = replicas.start("b", "standby")
     # The leader's read and write each take 2 s at the remote; the API server stops answering while the
     # write is in flight, so the leader cannot record its outcome; it dies once the remote has answered.
+    # The new leader finds the intent without an outcome (write-ahead record) and reads the remote instead.
     emqx_process.control("POST", "faults", {"kind": "latency", "seconds": 2, "count": 2})
     kube.apply(dtls("broker", emqx_process.url), namespace=namespace)
     wait_until(lambda: emqx_process.control("GET", "calls")["calls"], 60, "the leader's first read", 0.02)
