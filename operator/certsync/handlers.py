@@ -78,6 +78,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.finalizer = "certsync.io/finalizer"
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
+    # A hung watch (half-open connection) is reset instead of silently starving the daemons of events.
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
     # The CRDs exist before the operator starts: no need to watch CRDs or namespaces (and no RBAC for it).
     settings.scanning.disabled = True
     config: Settings = memo["settings"]
