@@ -40,6 +40,7 @@ import asyncio
 import hmac
 import json
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeGuard, TypeVar
@@ -418,7 +419,9 @@ class CdnClient:
             memory.refused_ids.setdefault(refused["credentialsId"], float(at) if _number(at) else self.clock())
         recent = state.get("recentRefusals")
         if isinstance(recent, list):
-            memory.refusals = sorted(set(memory.refusals) | {float(t) for t in recent if _number(t)})
+            # As multisets: two refusals in the same millisecond are two refusals.
+            merged = Counter(memory.refusals) | Counter(float(t) for t in recent if _number(t))
+            memory.refusals = sorted(merged.elements())
         banned = state.get("bannedUntil")
         if _number(banned):
             memory.banned_until = max(memory.banned_until, float(banned))

@@ -95,7 +95,7 @@ class Scrubber:
     grams: frozenset[str] = field(default=frozenset(), repr=False)
 
     @classmethod
-    def of(cls, *secrets: str | bytes | None | Iterable[str | bytes | None]) -> Scrubber:
+    def of(cls, *secrets: str | bytes | Iterable[str | bytes | None] | None) -> Scrubber:
         values: list[str] = []
         for secret in secrets:
             if isinstance(secret, str | bytes) or secret is None:

@@ -187,7 +187,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", help="metrics and health port (CERTSYNC_METRICS_PORT)")
     p.add_argument(
         "--metrics-bind-address",
-        help=f"address of the metrics and health server, default {DEFAULT_METRICS_BIND} (CERTSYNC_METRICS_BIND_ADDRESS)",
+        help=f"address of the metrics and health server, {DEFAULT_METRICS_BIND} (CERTSYNC_METRICS_BIND_ADDRESS)",
     )
     p.add_argument("--log-format", choices=["json", "text"], help="CERTSYNC_LOG_FORMAT")
     p.add_argument("--drift-interval", help="default drift-check interval (CERTSYNC_DRIFT_INTERVAL)")
