@@ -51,7 +51,8 @@ async def _operate(config: settings_module.Settings, memo: Any) -> None:
     # Health and metrics are served from the start, also while a replica stands by.
     server = web.AppRunner(memo["metrics"].app(memo["budget"]), access_log=None)
     await server.setup()
-    await web.TCPSite(server, "0.0.0.0", config.metrics_port).start()  # probes come from the kubelet
+    # In a pod the kubelet's probes and Prometheus come from outside: 0.0.0.0 by default (settings.py).
+    await web.TCPSite(server, config.metrics_bind_address, config.metrics_port).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
