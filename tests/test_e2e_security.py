@@ -26,7 +26,7 @@ import yaml
 from devkit.factory import Issued, issue, three_level
 from devkit.hostile import CDN_TOKEN, HostileRemote, hostile
 from devkit.kube import Kube
-from devkit.processes import EmulatorProcess, operator, operator_args
+from devkit.processes import EmulatorProcess, emulator, operator, operator_args
 from tests.test_e2e_deploymenttls import creds_secret, tls_secret
 
 pytestmark = pytest.mark.e2e
@@ -234,3 +234,42 @@ def test_the_api_server_refuses_bad_names_and_endpoints(kube: Kube, namespace: s
     body["spec"][field] = value
     result = kube.apply(body, namespace=namespace, check=False)
     assert result.returncode != 0 and "spec." + field in result.stderr
+
+
+# --- logins that cannot ban ------------------------------------------------------------------------
+
+
+def test_eight_resources_sharing_a_wrong_password_log_in_once_then_once_more_when_fixed(
+    kube: Kube, namespace: str, operator_kubeconfig: Path, tmp_path: Path
+) -> None:
+    chain = three_level("www.shop.example")
+    (tmp_path / "root.pem").write_bytes(chain.root.cert_pem)
+    login = "POST /app/oauth/v1/token/"
+    with emulator("cdn", "--account", "acct1", "--username", "u", "--password", "right-password-9",
+                  "--trusted-ca", str(tmp_path / "root.pem")) as cdn:  # fmt: skip
+        kube.apply(
+            creds_secret("cdn-creds", username="u", password="wrong-password-1"),
+            tls_secret("shop-tls", chain.pem, chain.leaf.key_pem()),
+            namespace=namespace,
+        )
+        names = [f"shop-{i}" for i in range(8)]
+        kube.apply(*(cdncert(n, cdn.url) for n in names), namespace=namespace)
+        log = tmp_path / "op.log"
+        with operator(operator_kubeconfig, log, *operator_args(namespace, cdn.url)):
+            for name in names:
+                wait_until(
+                    f"{name} refused",
+                    lambda n=name: ready(kube, "cdncertificate", n, namespace).get("reason") == "CredentialsInvalid",
+                )  # type: ignore[misc]
+            refused_before = log.read_text().count("was refused before")  # the 7 that waited for the one login
+            assert refused_before >= 7 and cdn.counts().get(login) == 1
+            kube.kubectl("annotate", "cdncertificate", *names, "-n", namespace, "certsync.io/requested-at=poke")
+            wait_until("every poke handled", lambda: log.read_text().count("was refused before") >= refused_before + 8)
+            assert cdn.counts().get(login) == 1
+            kube.apply(creds_secret("cdn-creds", username="u", password="right-password-9"), namespace=namespace)
+            for name in names:
+                wait_until(
+                    f"{name} ready",
+                    lambda n=name: ready(kube, "cdncertificate", n, namespace).get("reason") == "Synced",
+                )  # type: ignore[misc]
+            assert cdn.counts().get(login) == 2
