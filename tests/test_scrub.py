@@ -90,6 +90,8 @@ def test_messages_without_secrets_are_kept() -> None:
     scrubber = Scrubber.of(PASSWORD, KEY_PEM)
     text = "471: invalid certificate (line 3); see the documentation"
     assert scrubber.short(text) == text
+    prose = "basic constraints say ca=true; the token endpoint refused; Secret 'x' has no password key"
+    assert scrubber.short(prose) == prose
     assert scrubber.short("a\n  b\tc") == "a b c"
 
 

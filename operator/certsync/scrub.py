@@ -50,7 +50,8 @@ _HEADER = re.compile(
     r"(?:(basic|bearer|token|digest)\s+)?"  # an auth scheme, kept
     r"(?P<value>[^\s\"',;&}\]]+)"  # the value, removed
 )
-_SCHEME = re.compile(r"(?i)\b(?:basic|bearer)\s+(?P<value>[A-Za-z0-9+/=._~-]{6,})")
+# A credential after an auth scheme: 6+ token characters, one of them a digit or + / = (so prose stays).
+_SCHEME = re.compile(r"(?i)\b(?:basic|bearer)\s+(?P<value>(?=[A-Za-z._~-]*[0-9+/=])[A-Za-z0-9+/=._~-]{6,})")
 _FIELD = re.compile(
     r"(?i)([\"']?\b(?:password|passwd|api_?secret|apisecret|secret|auth_token|token|private_?key|privatekey)"
     r"[\"']?\s*[:=]\s*)"  # `"password": `, `password=`, `token: `
