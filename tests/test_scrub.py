@@ -55,6 +55,7 @@ def test_unknown_private_key_blocks_are_removed_even_when_cut() -> None:
         ('{"token": "abc', '"token": [redacted]'),
         ("apiSecret: s3cr3t", "apiSecret: [redacted]"),
         ('"private_key": "MIIEvQIBADANBg', '"private_key": [redacted]'),
+        ("endpoint 'https://user:pa55@host/api' refused", "endpoint 'https://[redacted]@host/api' refused"),
     ],
 )
 def test_credential_shapes_are_removed_without_knowing_the_secret(text: str, kept: str) -> None:

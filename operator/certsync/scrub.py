@@ -16,8 +16,8 @@ secret behind):
   remote that re-wraps, cuts or escapes a key still leaks nothing of length;
 - any PEM private-key block, also one cut short (BEGIN without END);
 - the values of `Authorization`, `Proxy-Authorization` and `CDN-AUTH-TOKEN`
-  headers, `Basic …`/`Bearer …` credentials, and the values of fields named
-  like a password, token, secret or private key.
+  headers, `Basic …`/`Bearer …` credentials, the values of fields named
+  like a password, token, secret or private key, and the user info of URLs.
 
 Cost: linear in the text (one set lookup per position for the fragments, one
 pass of each pattern); texts longer than `MAX_INPUT` are cut to that first,
@@ -52,6 +52,8 @@ _HEADER = re.compile(
 )
 # A credential after an auth scheme: 6+ token characters, one of them a digit or + / = (so prose stays).
 _SCHEME = re.compile(r"(?i)\b(?:basic|bearer)\s+(?P<value>(?=[A-Za-z._~-]*[0-9+/=])[A-Za-z0-9+/=._~-]{6,})")
+# User info in a URL (`https://user:password@host`): removed up to the `@`.
+_USERINFO = re.compile(r"(?i)\b[a-z][a-z0-9+.-]{0,20}://(?P<value>[^/\s@?#]{1,256})@")
 _FIELD = re.compile(
     r"(?i)([\"']?\b(?:password|passwd|api_?secret|apisecret|secret|auth_token|token|private_?key|privatekey)"
     r"[\"']?\s*[:=]\s*)"  # `"password": `, `password=`, `token: `
@@ -182,6 +184,7 @@ def _pattern_spans(text: str) -> list[tuple[int, int]]:
     spans += [m.span("value") for m in _HEADER.finditer(text)]
     spans += [m.span("value") for m in _SCHEME.finditer(text)]
     spans += [m.span("value") for m in _FIELD.finditer(text)]
+    spans += [m.span("value") for m in _USERINFO.finditer(text)]
     return spans
 
 
