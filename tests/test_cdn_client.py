@@ -185,7 +185,7 @@ async def test_every_certificate_status_code_on_add_and_update(cdn: Emulator) ->
         assert unsigned.value.status == 476 and unsigned.value.reason == "ChainInvalid"
         with pytest.raises(api.InvalidRequest):
             await c.add_certificate(access(cdn), "", "", "") if False else await c._call(
-                access(cdn), "POST", "certificate/", "add", {"certificate": "x"}
+                access(cdn), "POST", "certificate/", "add", {"certificate": "x"}, api._raw
             )
         with pytest.raises(api.NotAllowed):
             await c.list_certificates(access(cdn, account="someone-else"))

@@ -66,3 +66,26 @@ def test_bad_secrets_fail_with_the_operators_reason(tmp_path: Path, case: str) -
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert run().returncode == 2
     assert run(str(tmp_path / "missing.yaml")).returncode == 2
+
+
+def test_pem_files_are_named_in_the_messages(tmp_path: Path) -> None:
+    chain = three_level("web.example.com")
+    (tmp_path / "web.crt").write_bytes(chain.intermediate.cert_pem + chain.leaf.cert_pem)
+    (tmp_path / "web.key").write_bytes(chain.leaf.key_pem())
+    result = run("--cert", str(tmp_path / "web.crt"), "--key", str(tmp_path / "web.key"))
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"{tmp_path / 'web.crt'}: ChainInvalid: {tmp_path / 'web.crt'} is out of order")
+    assert f"{tmp_path / 'web.key'} belongs to certificate #2 (CN 'web.example.com')" in result.stdout
+    assert "Secret" not in result.stdout
+
+
+def test_a_ca_as_leaf_and_non_utf8_files_get_their_reasons(tmp_path: Path) -> None:
+    chain = three_level("web.example.com")
+    (tmp_path / "ca.crt").write_bytes(chain.intermediate.cert_pem + chain.root.cert_pem)
+    (tmp_path / "ca.key").write_bytes(chain.intermediate.key_pem())
+    result = run("--cert", str(tmp_path / "ca.crt"), "--key", str(tmp_path / "ca.key"))
+    assert result.returncode == 1 and ": LeafIsCA: " in result.stdout
+    (tmp_path / "bad.key").write_bytes(b"\xff" + chain.leaf.key_pem())
+    (tmp_path / "web.crt").write_bytes(chain.pem)
+    result = run("--cert", str(tmp_path / "web.crt"), "--key", str(tmp_path / "bad.key"))
+    assert result.returncode == 1 and f"InvalidSecret: {tmp_path / 'bad.key'} is not UTF-8 text" in result.stdout

@@ -36,8 +36,11 @@ pytestmark = pytest.mark.e2e
         ("delete", "events", False),
         ("list", "customresourcedefinitions.apiextensions.k8s.io", False),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io", False),
+        ("get", "deploymenttlses.certsync.io", False),  # nothing reads one by name
+        ("get", "cdncertificates.certsync.io/status", False),
         ("update", "leases.coordination.k8s.io", False),  # leases only in its own namespace, below
-        ("update", "leases.coordination.k8s.io@certsync-system", True),
+        ("update", "leases.coordination.k8s.io@certsync-system", False),  # only its own Lease (test_e2e_rbac)
+        ("create", "leases.coordination.k8s.io@certsync-system", True),
         ("delete", "leases.coordination.k8s.io@certsync-system", False),
         ("get", "secrets@certsync-system", True),
     ],

@@ -161,3 +161,33 @@ async def test_dropped_connection_and_timeout_are_transport_errors(emqx: Emulato
         await emqx.fault("latency", seconds=1.0)
         with pytest.raises(TransportError, match="timed out"):
             await c.get_tls(access(emqx), DEP)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422, 500])
+@pytest.mark.parametrize("as_text", [False, True])
+async def test_an_echoing_remote_leaks_neither_secret_nor_key(status: int, as_text: bool) -> None:
+    """Each error's message is the remote's, scrubbed of the call's secrets before it is cut."""
+    import base64
+
+    import httpx
+    from certsync import emqx as api
+    from certsync.remote import NO_RETRY
+
+    from devkit.factory import issue
+
+    secret, cert = "emqx-api-secret-echoed-Zz81", issue("echo.example.com")
+    key = cert.key_pem().decode()
+
+    def echo(request: httpx.Request) -> httpx.Response:
+        said = f"{request.headers.get('Authorization')} sent {request.content.decode()}"
+        return httpx.Response(status, text=said) if as_text else httpx.Response(status, json={"message": said})
+
+    access = api.EmqxAccess("https://emqx.test/api", "key", secret)
+    async with api.EmqxClient(transport=httpx.MockTransport(echo), retry=NO_RETRY) as c:
+        with pytest.raises(api.EmqxError) as error:
+            await c.create_tls(access, "ge6a1a75", "one-way", cert.cert_pem.decode(), key)
+    text = f"{error.value} {error.value.remote_message}"
+    body = "".join(line for line in key.splitlines() if not line.startswith("-----"))
+    assert secret not in text and base64.b64encode(f"key:{secret}".encode()).decode() not in text
+    assert not [body[i : i + 16] for i in range(len(body) - 15) if body[i : i + 16] in text]
+    assert "[redacted]" in text and error.value.status == status

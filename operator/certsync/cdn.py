@@ -2,8 +2,9 @@
 
     RemoteError (remote.py)
      ├── TransportError / ServiceUnavailable (HTTP 503)      retryable
-     ├── LoginRefused            401 at the token endpoint: never retried with the same password
-     ├── AccountBanned           too many wrong passwords (403 at the token endpoint)
+     ├── LoginRefused            401 at the token endpoint: never retried with the same credentials Secret
+     ├── AccountBanned           403 at the token endpoint: not tried again before the ban ends (3 h)
+     ├── TokenRejected           the API refused a token twice (or a static token once)
      └── CdnApiError             a non-zero `status` in the JSON envelope
           ├── InvalidRequest 450, RecordNotFound 454, NotAllowed 455
           ├── CertificateExists 459
@@ -14,15 +15,35 @@
 Every answer is HTTP 200 with `{"status", "message", "data"}`; the envelope is
 parsed once, in `_envelope`. 476 and 477 mean different things on add and
 update, as the provider's page says, so the error class depends on the call.
+
+Logins cannot ban the account (7 wrong passwords ban it for 3 hours):
+
+- one login at a time per endpoint + username: concurrent callers wait for
+  it and share its answer, a token or a refusal;
+- a refusal is remembered per endpoint + username + credentials-Secret
+  identity (`CdnAccess.credentials_id`, "<uid>:<resourceVersion>"): that
+  Secret is never tried again; a changed Secret gets exactly one login. The
+  memory is exported as plain JSON (`export_login_state`) for the status of
+  the resources using the Secret, and restored after a restart or failover
+  (`restore_login_state`). It never holds a password or a hash of one;
+- a ban (403) is remembered until it ends, then one login is tried;
+- at most `MAX_REFUSALS` refused logins per endpoint + username in a ban
+  period, whatever the Secrets, and the token endpoint has its own budget.
+
+Every text taken from an answer goes through a `Scrubber` that knows the
+call's secrets (password, token, certificate and key sent).
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
+import hmac
 import json
-from collections.abc import Callable, Iterable
+import secrets
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeGuard, TypeVar
 
 import httpx
 
@@ -38,38 +59,46 @@ from certsync.remote import (
     RetryPolicy,
     ServiceUnavailable,
     Sleep,
+    base_url,
     no_observer,
     parse_retry_after,
     send,
     short,
     with_retries,
 )
+from certsync.scrub import GENERIC, Scrubber
 
+T = TypeVar("T")
 TOKEN_LIFETIME_S = 6 * 3600.0
 RENEW_MARGIN_S = 10 * 60.0  # renew this long before the token's announced end
+BAN_SECONDS = 3 * 3600.0  # the provider bans an account this long after 7 wrong passwords
+MAX_REFUSALS = 5  # refused logins per endpoint + username within BAN_SECONDS, whatever the Secret: 2 below a ban
+TOKEN_STALE_S = 5 * 60.0  # an envelope 455 on a token older than this means "token no longer valid"
+LOGIN_WINDOW = Window(limit=20, period=60.0)  # the token endpoint's own limit (providers.md)
 TaskStatus = Literal["no", "accepted", "processed", "failed"]
 Operation = Literal["read", "add", "update", "delete", "letsencrypt", "login"]
 
 
 @dataclass(frozen=True)
 class CdnAccess:
-    """Account and credentials: `username`/`password`, or a ready `token`. Secrets stay out of repr."""
+    """Account and credentials: `username`/`password`, or a ready `token`. Secrets stay out of repr.
+
+    `credentials_id` names the credentials Secret's version ("<uid>:<resourceVersion>"): a refused
+    login is never tried again with the same one. Without it, the refusal holds for this process only.
+    """
 
     endpoint: str
     account: str
     username: str = ""
     password: str = field(default="", repr=False)
     token: str = field(default="", repr=False)
+    credentials_id: str = ""
 
     def login_key(self) -> tuple[str, str]:
-        return (self.endpoint.rstrip("/"), self.username)
+        return (base_url(self.endpoint), self.username)
 
-    def token_key(self) -> tuple[str, str, str]:
-        """A token belongs to the credentials that obtained it: a new password logs in anew."""
-        return (*self.login_key(), self.password_digest())
-
-    def password_digest(self) -> str:
-        return hashlib.sha256(self.password.encode()).hexdigest()
+    def secrets(self) -> tuple[str, ...]:
+        return (self.password, self.token)
 
 
 @dataclass(frozen=True)
@@ -105,9 +134,9 @@ class CdnCertificateInfo:
     chain_info: tuple[ChainLink, ...] | None = None  # only with ?details
 
     @classmethod
-    def from_json(cls, data: Any) -> CdnCertificateInfo:
+    def from_json(cls, data: Any, scrubber: Scrubber = GENERIC) -> CdnCertificateInfo:
         if not isinstance(data, dict) or "seq" not in data:
-            raise CdnInternalError(0, f"unexpected certificate object: {short(data)}")
+            raise CdnInternalError(0, f"unexpected certificate object: {short(data, scrubber)}")
         chain = data.get("chain_info")
         return cls(
             seq=int(data["seq"]),
@@ -139,11 +168,14 @@ class LoginRefused(RemoteStatusError):
 
 
 class AccountBanned(RemoteStatusError):
-    reason = "CredentialsInvalid"
+    """403 at the token endpoint: the account is banned; `retry_after` says when the one next login may go."""
+
+    reason = "AccountBanned"
+    retryable = True
 
 
 class TokenRejected(RemoteStatusError):
-    """HTTP 401 on an API call: the token is no longer valid (project's choice, see providers.md)."""
+    """HTTP 401/405 on an API call even with a fresh token, or with the static token of the Secret."""
 
     reason = "CredentialsInvalid"
 
@@ -257,9 +289,9 @@ _BY_OPERATION: dict[str, dict[int, type[CdnApiError]]] = {
 }
 
 
-def api_error(operation: str, status: int, message: str) -> CdnApiError:
+def api_error(operation: str, status: int, message: str, scrubber: Scrubber = GENERIC) -> CdnApiError:
     cls = _BY_OPERATION.get(operation, {}).get(status) or _COMMON.get(status, CdnApiError)
-    return cls(status, short(message))
+    return cls(status, short(message, scrubber))
 
 
 # --- client ----------------------------------------------------------------------------------
@@ -269,10 +301,22 @@ def api_error(operation: str, status: int, message: str) -> CdnApiError:
 class _Token:
     value: str = field(repr=False)
     expires_at: float
+    obtained_at: float
+
+
+@dataclass
+class _LoginMemory:
+    """What one endpoint + username has taught: refused Secrets, recent refusals, a ban. No password, no hash."""
+
+    refused_ids: dict[str, float] = field(default_factory=dict)  # credentials_id -> when refused
+    refused_tags: set[str] = field(default_factory=set)  # process-keyed MACs of refused passwords (never exported)
+    refusals: list[float] = field(default_factory=list)  # when each refusal happened, any Secret
+    banned_until: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class CdnClient:
-    """One client for every CDN resource: tokens are cached per endpoint and username."""
+    """One client for every CDN resource: tokens are cached per endpoint, username and password."""
 
     def __init__(
         self,
@@ -281,6 +325,7 @@ class CdnClient:
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         per_minute: int = CDN_PER_MINUTE,
+        login_window: Window = LOGIN_WINDOW,
         retry: RetryPolicy = DEFAULT_RETRY,
         sleep: Sleep | None = None,
         observe: Observer = no_observer,
@@ -289,10 +334,13 @@ class CdnClient:
         self._http = httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)
         self.gate = BudgetGate(budget or RateBudget())
         self.window = Window(limit=per_minute, period=60.0)
+        self.login_window = login_window
         self.retry = retry
         self._sleep = sleep
-        self._tokens: dict[tuple[str, str, str], _Token] = {}  # (endpoint, username, password digest)
-        self._refused: dict[tuple[str, str], str] = {}  # login key -> digest of the refused password
+        # The MAC key lives in this process only: a refused password is recognised here and nowhere else.
+        self._tag_key = secrets.token_bytes(32)
+        self._tokens: dict[tuple[str, str, str], _Token] = {}  # (endpoint, username, password tag)
+        self._logins: dict[tuple[str, str], _LoginMemory] = {}
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -308,106 +356,247 @@ class CdnClient:
         await self.aclose()
 
     def scope(self, access: CdnAccess, kind: str = "api") -> Scope:
-        return Scope("cdn", access.endpoint, access.account if kind == "api" else f"login:{access.username}", "all")
+        if kind == "api":
+            return Scope("cdn", base_url(access.endpoint), access.account, "all")
+        return Scope("cdn", base_url(access.endpoint), "token-endpoint", "login")
 
     # -- auth --
 
+    def _tag(self, password: str) -> str:
+        return hmac.new(self._tag_key, password.encode(), "sha256").hexdigest()
+
+    def _token_key(self, access: CdnAccess) -> tuple[str, str, str]:
+        """A token belongs to the credentials that obtained it: a new password logs in anew."""
+        return (*access.login_key(), self._tag(access.password))
+
+    def _memory(self, access: CdnAccess) -> _LoginMemory:
+        return self._logins.setdefault(access.login_key(), _LoginMemory())
+
     def forget_refusal(self, access: CdnAccess) -> None:
-        """The credentials Secret changed: a login may be tried again."""
-        self._refused.pop(access.login_key(), None)
+        """These credentials may be tried once more (a person says they are fixed)."""
+        memory = self._memory(access)
+        memory.refused_ids.pop(access.credentials_id, None)
+        memory.refused_tags.discard(self._tag(access.password))
+
+    def export_login_state(self, access: CdnAccess) -> dict[str, Any]:
+        """Plain JSON for the status of each resource using these credentials; `{}` when there is nothing to keep.
+
+        Holds the refusal of this Secret version (not of other Secrets: they may be in other namespaces),
+        the times of recent refusals of the username, and the ban's end. Times are Unix seconds.
+        """
+        memory = self._logins.get(access.login_key())
+        if memory is None:
+            return {}
+        now = self.clock()
+        state: dict[str, Any] = {}
+        refused_at = memory.refused_ids.get(access.credentials_id) if access.credentials_id else None
+        if refused_at is not None:
+            state["refused"] = {"credentialsId": access.credentials_id, "at": round(refused_at, 3)}
+        recent = [round(t, 3) for t in memory.refusals if t > now - BAN_SECONDS]
+        if recent:
+            state["recentRefusals"] = recent
+        if memory.banned_until > now:
+            state["bannedUntil"] = round(memory.banned_until, 3)
+        if state:
+            state.update({"endpoint": access.login_key()[0], "username": access.username})
+        return state
+
+    def restore_login_state(self, access: CdnAccess, state: Mapping[str, Any]) -> None:
+        """Merge a state exported before (by this or another replica) into what this process knows.
+
+        Ignored when it was recorded for another endpoint or username. A refusal recorded for another
+        version of the Secret does not hold for this one: the changed Secret gets its one login.
+        """
+        if not isinstance(state, Mapping) or not state:
+            return
+        endpoint, username = access.login_key()
+        if state.get("endpoint") != endpoint or state.get("username") != username:
+            return
+        memory = self._memory(access)
+        refused = state.get("refused")
+        if isinstance(refused, Mapping) and isinstance(refused.get("credentialsId"), str):
+            at = refused.get("at")
+            memory.refused_ids.setdefault(refused["credentialsId"], float(at) if _number(at) else self.clock())
+        recent = state.get("recentRefusals")
+        if isinstance(recent, list):
+            # As multisets: two refusals in the same millisecond are two refusals.
+            merged = Counter(memory.refusals) | Counter(float(t) for t in recent if _number(t))
+            memory.refusals = sorted(merged.elements())
+        banned = state.get("bannedUntil")
+        if _number(banned):
+            memory.banned_until = max(memory.banned_until, float(banned))
 
     async def token(self, access: CdnAccess) -> str:
         if access.token:
             return access.token
-        cached = self._tokens.get(access.token_key())
-        if cached and cached.expires_at - RENEW_MARGIN_S > self.clock():
+        cached = self._fresh_token(access)
+        if cached:
             return cached.value
-        return await self._login(access)
+        memory = self._memory(access)
+        async with memory.lock:  # single flight: whoever waited here finds the answer of the login before
+            cached = self._fresh_token(access)
+            if cached:
+                return cached.value
+            self._refuse_known(access, memory)
+            return await self._login(access, memory)
 
-    async def _login(self, access: CdnAccess) -> str:
-        key = access.login_key()
-        if self._refused.get(key) == access.password_digest():
-            raise LoginRefused(
-                401, f"login of {access.username!r} was refused before; not retried until the credentials change"
+    def _fresh_token(self, access: CdnAccess) -> _Token | None:
+        cached = self._tokens.get(self._token_key(access))
+        return cached if cached and cached.expires_at - RENEW_MARGIN_S > self.clock() else None
+
+    def _drop_token(self, access: CdnAccess, value: str) -> None:
+        """Forget the token the API refused, unless another caller already replaced it."""
+        key = self._token_key(access)
+        held = self._tokens.get(key)
+        if held is not None and held.value == value:
+            del self._tokens[key]
+
+    def _refuse_known(self, access: CdnAccess, memory: _LoginMemory) -> None:
+        """Raise, without any call, what the login would surely answer, or what must not be risked."""
+        now = self.clock()
+        who = f"login of {access.username!r}"
+        if (access.credentials_id and access.credentials_id in memory.refused_ids) or self._tag(
+            access.password
+        ) in memory.refused_tags:
+            raise LoginRefused(401, f"{who} was refused before; not retried until the credentials Secret changes")
+        if memory.banned_until > now:
+            raise AccountBanned(
+                403,
+                f"the account {access.username!r} is banned for too many wrong passwords; one login will be tried "
+                f"after the ban ends (in {memory.banned_until - now:.0f}s)",
+                retry_after=memory.banned_until - now,
             )
+        memory.refusals = [t for t in memory.refusals if t > now - BAN_SECONDS]
+        if len(memory.refusals) >= MAX_REFUSALS:
+            wait = memory.refusals[0] + BAN_SECONDS - now
+            raise LoginRefused(
+                401,
+                f"{who}: {len(memory.refusals)} wrong passwords in the last {BAN_SECONDS / 3600:.0f} h; not trying "
+                f"another before {wait:.0f}s have passed (the provider bans the account after 7)",
+                retry_after=wait,
+            )
+
+    async def _login(self, access: CdnAccess, memory: _LoginMemory) -> str:
+        scrubber = Scrubber.of(*access.secrets())
         scope = self.scope(access, "login")
-        self.gate.acquire(scope, self.window)
+        self.gate.acquire(scope, self.login_window)
         request = self._http.build_request(
             "POST",
-            f"{access.endpoint.rstrip('/')}/app/oauth/v1/token/",
+            f"{base_url(access.endpoint)}/app/oauth/v1/token/",
             data={"username": access.username, "password": access.password},
         )
         response = await send(self._http, request, "cdn", "login", observe=self.observe)
+        now = self.clock()
         if response.status_code == 401:
-            self._refused[key] = access.password_digest()
+            if access.credentials_id:
+                memory.refused_ids[access.credentials_id] = now
+            memory.refused_tags.add(self._tag(access.password))
+            memory.refusals.append(now)
             raise LoginRefused(401, f"wrong username or password for {access.username!r}")
         if response.status_code == 403:
-            raise AccountBanned(403, short(_message(response)) or "account banned")
-        self._raise_for_http(response, scope)
+            memory.banned_until = now + BAN_SECONDS
+            said = short(_message(response), scrubber)
+            raise AccountBanned(
+                403,
+                f"the account {access.username!r} is banned ({said or 'no reason given'}); one login will be tried "
+                f"after {BAN_SECONDS:.0f}s",
+                retry_after=BAN_SECONDS,
+            )
+        self._raise_for_http(response, scope, self.login_window, scrubber)
         body = _json(response)
-        token = body.get("token") if isinstance(body, dict) else None
+        token = (body.get("token") or body.get("auth_token")) if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
             raise CdnInternalError(0, "token endpoint answered without a token")
-        lifetime = float(body.get("lifetime", TOKEN_LIFETIME_S * 1000)) / 1000.0
-        self._tokens[access.token_key()] = _Token(token, self.clock() + lifetime)
+        lifetime_ms = body.get("lifetime") if isinstance(body, dict) else None
+        lifetime = float(lifetime_ms) / 1000.0 if _number(lifetime_ms) else TOKEN_LIFETIME_S
+        memory.banned_until = 0.0
+        self._tokens[self._token_key(access)] = _Token(token, now + min(lifetime, TOKEN_LIFETIME_S), now)
         return token
 
     # -- transport of API calls --
 
-    def _raise_for_http(self, response: httpx.Response, scope: Scope) -> None:
+    def _raise_for_http(self, response: httpx.Response, scope: Scope, window: Window, scrubber: Scrubber) -> None:
         if response.status_code == 503:
             raise ServiceUnavailable(503, "service unavailable")
         if response.status_code == 429:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            raise CdnRateLimited(
-                429, "rate limited", retry_after=self.gate.rate_limited(scope, self.window, retry_after)
-            )
+            raise CdnRateLimited(429, "rate limited", retry_after=self.gate.rate_limited(scope, window, retry_after))
         if response.status_code != 200:
-            raise CdnInternalError(response.status_code, short(_message(response)) or response.reason_phrase)
+            said = short(_message(response), scrubber)
+            raise CdnInternalError(response.status_code, said or response.reason_phrase)
 
-    async def _call(self, access: CdnAccess, method: str, path: str, operation: Operation, body: Any = None) -> Any:
-        idempotent = method in ("GET", "DELETE")
+    async def _call(
+        self,
+        access: CdnAccess,
+        method: str,
+        path: str,
+        operation: Operation,
+        body: Any,
+        parse: Callable[[Any, Scrubber], T],
+    ) -> T:
+        """One API call with its retries: the parsed `data` of the envelope, or a typed error, scrubbed."""
+        idempotent = method in ("GET", "DELETE")  # a write is never re-sent inside a call
+        sent = [v for v in body.values() if isinstance(v, str)] if isinstance(body, dict) else []
+        scrubber = Scrubber.of(*access.secrets(), *sent)
         kwargs: dict[str, Any] = {"sleep": self._sleep} if self._sleep else {}
-        return await with_retries(
-            lambda: self._call_once(access, method, path, operation, body),
-            self.retry,
-            idempotent=idempotent,
-            **kwargs,
-        )
+        try:
+            data = await with_retries(
+                lambda: self._call_once(access, method, path, operation, body, scrubber),
+                self.retry,
+                idempotent=idempotent,
+                **kwargs,
+            )
+            return parse(data, scrubber)
+        except RemoteError as error:
+            held = self._tokens.get(self._token_key(access)) if access.password else None
+            raise error.scrubbed(scrubber.with_secrets(held.value if held else None)) from error.__cause__
 
-    async def _call_once(self, access: CdnAccess, method: str, path: str, operation: Operation, body: Any) -> Any:
+    async def _call_once(
+        self, access: CdnAccess, method: str, path: str, operation: Operation, body: Any, scrubber: Scrubber
+    ) -> Any:
+        """Send once; a refused token (HTTP 401/405, or 455 on an old token) is renewed once and the call resent."""
         for renewed in (False, True):
             token = await self.token(access)
+            with_token = scrubber.with_secrets(token)
             scope = self.scope(access)
             self.gate.acquire(scope, self.window)
-            url = f"{access.endpoint.rstrip('/')}/app/ssl/v1/account/{access.account}/{path}"
+            url = f"{base_url(access.endpoint)}/app/ssl/v1/account/{access.account}/{path}"
             request = self._http.build_request(method, url, json=body, headers={"CDN-AUTH-TOKEN": token})
             response = await send(self._http, request, "cdn", f"{method} {path.split('/')[0]}", observe=self.observe)
-            if response.status_code == 401:
-                self._tokens.pop(access.token_key(), None)
-                if renewed or access.token:
-                    raise TokenRejected(401, "the API refused the token")
-                continue
-            self._raise_for_http(response, scope)
-            return _envelope(response, operation)
-        raise AssertionError("unreachable")
+            refused = response.status_code in (401, 405)
+            if not refused:
+                self._raise_for_http(response, scope, self.window, with_token)
+                try:
+                    return _envelope(response, operation, with_token)
+                except NotAllowed:
+                    if access.token or not self._stale(access, token):
+                        raise
+                    refused = True
+            self._drop_token(access, token)
+            if renewed or access.token:
+                code = response.status_code
+                raise TokenRejected(code, "the API refused the token" + (" again after a new login" if renewed else ""))
+        raise AssertionError("unreachable: the second refusal raises")
+
+    def _stale(self, access: CdnAccess, token: str) -> bool:
+        held = self._tokens.get(self._token_key(access))
+        return held is not None and held.value == token and self.clock() - held.obtained_at > TOKEN_STALE_S
 
     # -- certificates --
 
     async def list_certificates(self, access: CdnAccess) -> list[CdnCertificateInfo]:
-        data = await self._call(access, "GET", "certificate/", "read")
-        return [CdnCertificateInfo.from_json(item) for item in _list(data)]
+        return await self._call(access, "GET", "certificate/", "read", None, _certificates)
 
     async def get_certificate(self, access: CdnAccess, seq: int, *, details: bool = True) -> CdnCertificateInfo:
         path = f"certificate/{seq}" + ("?details" if details else "")
-        items = _list(await self._call(access, "GET", path, "read"))
+        items = await self._call(access, "GET", path, "read", None, _certificates)
         if not items:
             raise RecordNotFound(454, f"certificate {seq} not in the answer")
-        return CdnCertificateInfo.from_json(items[0])
+        return items[0]
 
     async def add_certificate(self, access: CdnAccess, certificate: str, private_key: str, comment: str) -> int:
         body = {"certificate": certificate, "private_key": private_key, "comment": comment}
-        return _seq(await self._call(access, "POST", "certificate/", "add", body))
+        return _seq(await self._call(access, "POST", "certificate/", "add", body, _raw))
 
     async def update_certificate(
         self,
@@ -420,25 +609,21 @@ class CdnClient:
     ) -> int:
         fields = {"certificate": certificate, "private_key": private_key, "comment": comment}
         body = {k: v for k, v in fields.items() if v is not None}
-        return _seq(await self._call(access, "PATCH", f"certificate/{seq}", "update", body), seq)
+        return _seq(await self._call(access, "PATCH", f"certificate/{seq}", "update", body, _raw), seq)
 
     async def delete_certificate(self, access: CdnAccess, seq: int) -> None:
-        await self._call(access, "DELETE", f"certificate/{seq}", "delete")
+        await self._call(access, "DELETE", f"certificate/{seq}", "delete", None, _raw)
 
     # -- Let's Encrypt --
 
     async def letsencrypt_status(self, access: CdnAccess, resource_id: str) -> str:
-        data = await self._call(access, "GET", f"letsencrypt/{resource_id}/", "letsencrypt")
-        status = data.get("task_status") if isinstance(data, dict) else None
-        if status not in ("no", "accepted", "processed", "failed"):
-            raise CdnInternalError(0, f"unexpected task_status {short(status)!r}")
-        return str(status)
+        return await self._call(access, "GET", f"letsencrypt/{resource_id}/", "letsencrypt", None, _task_status)
 
     async def order_letsencrypt(self, access: CdnAccess, resource_id: str) -> None:
-        await self._call(access, "POST", f"letsencrypt/{resource_id}/", "letsencrypt")
+        await self._call(access, "POST", f"letsencrypt/{resource_id}/", "letsencrypt", None, _raw)
 
     async def order_wildcard(self, access: CdnAccess, domains: list[str]) -> None:
-        await self._call(access, "POST", "letsencrypt/", "letsencrypt", {"domains": domains})
+        await self._call(access, "POST", "letsencrypt/", "letsencrypt", {"domains": domains}, _raw)
 
 
 def _json(response: httpx.Response) -> Any:
@@ -456,14 +641,35 @@ def _message(response: httpx.Response) -> str:
     return str(body.get("message", "")) if isinstance(body, dict) else str(body)
 
 
-def _envelope(response: httpx.Response, operation: str) -> Any:
+def _envelope(response: httpx.Response, operation: str, scrubber: Scrubber) -> Any:
     """Parse `{"status", "message", "data"}` once; a non-zero status becomes its typed error."""
     body = _json(response)
     if not isinstance(body, dict) or not isinstance(body.get("status"), int):
-        raise CdnInternalError(0, f"answer is not an API envelope: {short(body)}")
+        raise CdnInternalError(0, f"answer is not an API envelope: {short(body, scrubber)}")
     if body["status"] != 0:
-        raise api_error(operation, body["status"], str(body.get("message", "")))
+        raise api_error(operation, body["status"], str(body.get("message", "")), scrubber)
     return body.get("data")
+
+
+def _certificates(data: Any, scrubber: Scrubber) -> list[CdnCertificateInfo]:
+    """`data` as a list of certificates; older answers give one certificate as an object."""
+    items = [data] if isinstance(data, dict) else _list(data)
+    return [CdnCertificateInfo.from_json(item, scrubber) for item in items]
+
+
+def _task_status(data: Any, scrubber: Scrubber) -> str:
+    status = data.get("task_status") if isinstance(data, dict) else None
+    if status not in ("no", "accepted", "processed", "failed"):
+        raise CdnInternalError(0, f"unexpected task_status {short(status, scrubber)!r}")
+    return str(status)
+
+
+def _raw(data: Any, scrubber: Scrubber) -> Any:
+    return data
+
+
+def _number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _list(data: Any) -> list[Any]:

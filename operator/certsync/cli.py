@@ -62,7 +62,8 @@ async def _operate(config: settings_module.Settings, memo: Any) -> int:
     # Health and metrics are served from the start, also while a replica stands by.
     server = web.AppRunner(metrics.app(memo["budget"]), access_log=None)
     await server.setup()
-    await web.TCPSite(server, "0.0.0.0", config.metrics_port).start()  # probes come from the kubelet
+    # In a pod the kubelet's probes and Prometheus come from outside: 0.0.0.0 by default (settings.py).
+    await web.TCPSite(server, config.metrics_bind_address, config.metrics_port).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -154,15 +155,13 @@ def check(argv: Sequence[str]) -> int:
     if bool(args.manifest) == bool(args.cert or args.key) or bool(args.cert) != bool(args.key):
         parser.error("give either a manifest, or both --cert and --key")
     now = dt.datetime.now(dt.UTC)
+    if args.cert:
+        return _check_files(args.cert, args.key, now)
     secrets: list[tuple[str, rc.SecretView]] = []
     try:
-        if args.manifest:
-            for doc in yaml.safe_load_all(args.manifest.read_text()):
-                if isinstance(doc, dict) and doc.get("kind") == "Secret":
-                    secrets.append((str(doc.get("metadata", {}).get("name", "?")), _secret_view(doc)))
-        else:
-            data = {"tls.crt": args.cert.read_bytes(), "tls.key": args.key.read_bytes()}
-            secrets.append((args.cert.name, rc.SecretView(rc.TLS_SECRET_TYPE, data)))
+        for doc in yaml.safe_load_all(args.manifest.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "Secret":
+                secrets.append((str(doc.get("metadata", {}).get("name", "?")), _secret_view(doc)))
     except (OSError, yaml.YAMLError, ValueError) as error:
         print(f"certsync check: cannot read input: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
@@ -176,11 +175,29 @@ def check(argv: Sequence[str]) -> int:
             failed += 1
             print(f"{name}: {result.reason}: {result.message}")
         else:
-            leaf = result.bundle.leaf
-            print(
-                f"{name}: Valid: CN {leaf.subject_cn!r}, expires {pki.rfc3339(leaf.not_after)}, SHA-256 {leaf.sha256}"
-            )
+            _print_valid(name, result.bundle)
     return 1 if failed else 0
+
+
+def _check_files(cert: Path, key: Path, now: dt.datetime) -> int:
+    """PEM files: the operator's checks, with messages that name the files (not a Secret)."""
+    try:
+        cert_pem, key_pem = cert.read_bytes(), key.read_bytes()
+    except OSError as error:
+        print(f"certsync check: cannot read input: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
+    try:
+        bundle = pki.validate_tls(cert_pem, key_pem, now, cert_source=str(cert), key_source=str(key))
+    except pki.CertificateProblem as problem:
+        print(f"{cert}: {problem.reason}: {problem.message}")
+        return 1
+    _print_valid(str(cert), bundle)
+    return 0
+
+
+def _print_valid(name: str, bundle: pki.TLSBundle) -> None:
+    leaf = bundle.leaf
+    print(f"{name}: Valid: CN {leaf.subject_cn!r}, expires {pki.rfc3339(leaf.not_after)}, SHA-256 {leaf.sha256}")
 
 
 def _secret_view(doc: dict[str, Any]) -> rc.SecretView:

@@ -11,7 +11,10 @@
           └── EmqxServerError         5xx and unexpected answers
 
 Every call passes through the shared rate budget first: 60 reads and 6
-writes per hour per endpoint and deployment (providers.md).
+writes per hour per endpoint and deployment (providers.md). Every text taken
+from an answer goes through a `Scrubber` that knows the call's secrets (the API
+secret, its Basic credentials, the certificate and key sent), and so does every
+error leaving the client.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 
@@ -31,10 +35,12 @@ from certsync.remote import (
     BudgetGate,
     Observer,
     RateLimitedError,
+    RemoteError,
     RemoteStatusError,
     RetryPolicy,
     ServiceUnavailable,
     Sleep,
+    base_url,
     no_observer,
     parse_retry_after,
     retryable_status,
@@ -42,7 +48,9 @@ from certsync.remote import (
     short,
     with_retries,
 )
+from certsync.scrub import GENERIC, Scrubber, basic_credentials
 
+T = TypeVar("T")
 TLSType = Literal["one-way", "two-way"]
 RemoteStatus = Literal["pending", "running"]
 NO_TLS_PATTERN = re.compile(r"no tls|tls is not configured|not configured", re.IGNORECASE)
@@ -58,6 +66,10 @@ class EmqxAccess:
     api_key: str
     api_secret: str = field(repr=False)
 
+    def secrets(self) -> tuple[str, ...]:
+        """What a hostile remote could echo of these credentials: the secret and the Basic header built from it."""
+        return (self.api_secret, basic_credentials(self.api_key, self.api_secret))
+
 
 @dataclass(frozen=True)
 class DeploymentTLSInfo:
@@ -66,9 +78,9 @@ class DeploymentTLSInfo:
     status: str
 
     @classmethod
-    def from_json(cls, data: Any) -> DeploymentTLSInfo:
+    def from_json(cls, data: Any, scrubber: Scrubber = GENERIC) -> DeploymentTLSInfo:
         if not isinstance(data, dict) or not {"tlsType", "status"} <= data.keys():
-            raise EmqxUnexpectedAnswer(200, f"unexpected answer: {short(data)}")
+            raise EmqxUnexpectedAnswer(200, f"unexpected answer: {short(data, scrubber)}")
         return cls(
             tls_type=str(data["tlsType"]),
             expire=parse_expire(data.get("expire")),
@@ -136,12 +148,13 @@ _BY_STATUS: dict[int, type[EmqxError]] = {
 }
 
 
-def error_for(response: httpx.Response, retry_after: float | None) -> EmqxError:
+def error_for(response: httpx.Response, retry_after: float | None, scrubber: Scrubber = GENERIC) -> EmqxError:
+    """The typed error of a refusal; its message is the remote's, scrubbed of the call's secrets, then cut."""
     try:
         body = response.json()
-        message = short(body.get("message", "")) if isinstance(body, dict) else short(body)
+        message = short(body.get("message", ""), scrubber) if isinstance(body, dict) else short(body, scrubber)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        message = short(response.text) if response.text else response.reason_phrase
+        message = short(response.text, scrubber) if response.text else response.reason_phrase
     status = response.status_code
     if status == 404:
         cls: type[EmqxError] = TLSNotConfigured if NO_TLS_PATTERN.search(message) else DeploymentNotFound
@@ -187,22 +200,33 @@ class EmqxClient:
         return scope, self.windows[method_class]
 
     async def _call(
-        self, access: EmqxAccess, method: str, deployment_id: str, body: dict[str, str] | None = None
-    ) -> httpx.Response:
+        self,
+        access: EmqxAccess,
+        method: str,
+        deployment_id: str,
+        body: dict[str, str] | None,
+        parse: Callable[[httpx.Response, Scrubber], T],
+    ) -> T:
+        """One call (with its retries): the parsed answer of a success, else a typed error, scrubbed."""
+        scrubber = Scrubber.of(*access.secrets(), *(body or {}).values())
         kwargs: dict[str, Any] = {"sleep": self._sleep} if self._sleep else {}
-        return await with_retries(
-            lambda: self._call_once(access, method, deployment_id, body),
-            self.retry,
-            idempotent=method == "GET",
-            **kwargs,
-        )
+        try:
+            response = await with_retries(
+                lambda: self._call_once(access, method, deployment_id, body, scrubber),
+                self.retry,
+                idempotent=method == "GET",
+                **kwargs,
+            )
+            return parse(response, scrubber)
+        except RemoteError as error:
+            raise error.scrubbed(scrubber) from error.__cause__
 
     async def _call_once(
-        self, access: EmqxAccess, method: str, deployment_id: str, body: dict[str, str] | None
+        self, access: EmqxAccess, method: str, deployment_id: str, body: dict[str, str] | None, scrubber: Scrubber
     ) -> httpx.Response:
         scope, window = self.scope(access, deployment_id, method)
         self.gate.acquire(scope, window)
-        url = f"{access.endpoint.rstrip('/')}/deployments/{deployment_id}/tls"
+        url = f"{base_url(access.endpoint)}/deployments/{deployment_id}/tls"
         request = self._http.build_request(method, url, json=body)
         auth = httpx.BasicAuth(access.api_key, access.api_secret)
         response = await send(self._http, request, "emqx", CALLS[method], auth=auth, observe=self.observe)
@@ -211,26 +235,31 @@ class EmqxClient:
         retry_after = None
         if response.status_code == 429:
             retry_after = self.gate.rate_limited(scope, window, parse_retry_after(response.headers.get("Retry-After")))
-        raise error_for(response, retry_after)
+        raise error_for(response, retry_after, scrubber)
 
     async def get_tls(self, access: EmqxAccess, deployment_id: str) -> DeploymentTLSInfo:
-        response = await self._call(access, "GET", deployment_id)
-        return DeploymentTLSInfo.from_json(_json(response))
+        return await self._call(access, "GET", deployment_id, None, _info)
 
     async def create_tls(
         self, access: EmqxAccess, deployment_id: str, tls_type: str, cert: str, key: str, cacert: str | None = None
     ) -> DeploymentTLSInfo:
-        response = await self._call(access, "POST", deployment_id, _tls_body(tls_type, cert, key, cacert))
-        return DeploymentTLSInfo.from_json(_json(response))
+        return await self._call(access, "POST", deployment_id, _tls_body(tls_type, cert, key, cacert), _info)
 
     async def update_tls(
         self, access: EmqxAccess, deployment_id: str, tls_type: str, cert: str, key: str, cacert: str | None = None
     ) -> DeploymentTLSInfo:
-        response = await self._call(access, "PUT", deployment_id, _tls_body(tls_type, cert, key, cacert))
-        return DeploymentTLSInfo.from_json(_json(response))
+        return await self._call(access, "PUT", deployment_id, _tls_body(tls_type, cert, key, cacert), _info)
 
     async def delete_tls(self, access: EmqxAccess, deployment_id: str) -> None:
-        await self._call(access, "DELETE", deployment_id)
+        await self._call(access, "DELETE", deployment_id, None, _nothing)
+
+
+def _info(response: httpx.Response, scrubber: Scrubber) -> DeploymentTLSInfo:
+    return DeploymentTLSInfo.from_json(_json(response), scrubber)
+
+
+def _nothing(response: httpx.Response, scrubber: Scrubber) -> None:
+    return None
 
 
 def _json(response: httpx.Response) -> Any:

@@ -1,8 +1,13 @@
 """Log output: one JSON event per line in a container, plain text on a terminal.
 
-The operator never logs key material, passwords, tokens or API secrets: messages are
-built from condition reasons and remote status codes only (see remote.py). kopf's
-per-object loggers attach `k8s_ref`, from which kind, namespace and name are taken.
+Messages are built from condition reasons and remote status codes, and remote
+texts reach them only through the scrubber (scrub.py). As a second line of
+defence `ScrubFilter` passes every record (message, arguments, exception text)
+through the generic scrubber, which removes PEM private-key blocks, auth
+header values and credential-named fields whoever wrote them, kopf and
+libraries included; it sits on the output handler and on kopf's per-object
+logger, whose own handler posts Kubernetes Events. kopf's per-object loggers
+attach `k8s_ref`, from which kind, namespace and name are taken.
 """
 
 from __future__ import annotations
@@ -12,6 +17,37 @@ import json
 import logging
 import sys
 import traceback
+
+from certsync.scrub import GENERIC, Scrubber
+
+MAX_ERROR = 400  # of an exception's message in a JSON event
+
+
+class ScrubFilter(logging.Filter):
+    """Rewrites each record in place so that no handler after it sees a credential or a key."""
+
+    def __init__(self, scrubber: Scrubber = GENERIC) -> None:
+        super().__init__()
+        self.scrubber = scrubber
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "_certsync_scrubbed", False):
+            return True
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a record whose arguments do not fit its format
+            message = f"{record.msg} {record.args}"
+        record.msg, record.args = self.scrubber.scrub(message), None
+        if record.exc_info and record.exc_info[1] is not None:
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = self.scrubber.scrub(text)
+            record.certsync_error = self.scrubber.short(str(record.exc_info[1]), MAX_ERROR)
+        elif record.exc_text:
+            record.exc_text = self.scrubber.scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.scrubber.scrub(record.stack_info)
+        record._certsync_scrubbed = True
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,10 +65,21 @@ class JsonFormatter(logging.Formatter):
         if reason:
             event["reason"] = reason
         if record.exc_info and record.exc_info[0] is not None:
-            event["error"] = record.exc_info[0].__name__  # the type, not the message: a message may quote input
-            frames = traceback.extract_tb(record.exc_info[2])[-6:]
+            event["error"] = record.exc_info[0].__name__  # the type, and the message as scrubbed; no traceback text
+            message = getattr(record, "certsync_error", None)
+            if message:
+                event["errorMessage"] = message
+            frames = traceback.extract_tb(record.exc_info[2])[-6:]  # where, never what: file, line, function
             event["where"] = [f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in frames]
         return json.dumps(event, ensure_ascii=False)
+
+
+def install_filters(handler: logging.Handler) -> None:
+    """The scrub filter on `handler` and on kopf's per-object logger (whose Event poster is its own handler)."""
+    handler.addFilter(ScrubFilter())
+    objects = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, ScrubFilter) for f in objects.filters):
+        objects.addFilter(ScrubFilter())
 
 
 def configure(log_format: str, level: int = logging.INFO) -> None:
@@ -41,6 +88,7 @@ def configure(log_format: str, level: int = logging.INFO) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    install_filters(handler)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

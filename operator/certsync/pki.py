@@ -5,6 +5,11 @@ policies do): each looks at one thing and either passes or raises a
 `CertificateProblem` carrying a stable condition reason and a message that
 names the certificate, the line or the chain link at fault. The clock is
 passed in, never read here. Messages never quote key material.
+
+Parsing never lets another exception out: whatever the library raises (or
+warns about) for a certificate, a key or a Secret value becomes
+`InvalidCertificate`, `InvalidPrivateKey` or `InvalidSecret`, naming the key
+(or file) and the block or position at fault.
 """
 
 from __future__ import annotations
@@ -14,14 +19,15 @@ import binascii
 import datetime as dt
 import functools
 import re
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # Kubernetes caps a Secret at 1 MiB; a real chain is a few KiB. Refusing more
 # than this keeps a hostile or broken Secret from costing memory and CPU.
@@ -66,6 +72,45 @@ class ChainInvalid(CertificateProblem):
     reason = "ChainInvalid"
 
 
+class LeafIsCA(CertificateProblem):
+    """The first certificate is a CA (basicConstraints ca=true): uploading it would upload a CA's private key."""
+
+    reason = "LeafIsCA"
+
+
+class KeyUsageInvalid(CertificateProblem):
+    """The leaf's key usage or extended key usage does not allow a TLS server."""
+
+    reason = "KeyUsageInvalid"
+
+
+class InvalidSecret(CertificateProblem):
+    """A Secret value that is not what it must be (here: not UTF-8 text)."""
+
+    reason = "InvalidSecret"
+
+
+def secret_text(data: bytes, where: str) -> str:
+    """A Secret value as text: strict UTF-8, else `InvalidSecret` naming `where` and the first bad byte's place.
+
+    Every value the operator reads (tls.crt, tls.key, the client CA, every credential) goes through here
+    before it is used, so a stray byte gets a reason instead of an exception.
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise InvalidSecret(
+            f"{where} is not UTF-8 text: byte 0x{data[error.start]:02X} at line {line}, column {column}"
+        ) from None
+
+
+def secret_texts(data: Mapping[str, bytes], keys: Sequence[str], secret: str) -> dict[str, str]:
+    """`secret_text` for several keys of one Secret, named `Secret '<name>' key '<key>'` in messages."""
+    return {key: secret_text(data[key], f"Secret {secret!r} key {key!r}") for key in keys}
+
+
 @dataclass(frozen=True)
 class PemBlock:
     """One `-----BEGIN X-----` … `-----END X-----` block and where it stood (1-based lines)."""
@@ -105,6 +150,8 @@ class TLSBundle:
     chain: tuple[x509.Certificate, ...]
     facts: tuple[CertificateFacts, ...]
     key: SupportedKey
+    cert_source: str = "tls.crt"
+    key_source: str = "tls.key"
 
     @property
     def leaf(self) -> CertificateFacts:
@@ -164,6 +211,9 @@ def _serial_hex(serial: int) -> str:
 
 
 def certificate_facts(cert: x509.Certificate) -> CertificateFacts:
+    """What status needs of a certificate. Raises whatever the library raises: call `_facts` to name it."""
+    if cert.serial_number <= 0:
+        raise ValueError("its serial number is not positive (RFC 5280 requires a positive serial)")
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         sans = tuple(
@@ -194,6 +244,7 @@ def certificate_facts(cert: x509.Certificate) -> CertificateFacts:
 def parse_certificates(data: bytes, what: str = "tls.crt") -> tuple[x509.Certificate, ...]:
     """Parse every certificate of a PEM chain, naming the block and lines of the first bad one."""
     _check_size(data, what, InvalidCertificate)
+    secret_text(data, what)
     scan = scan_pem(data)
     if scan.invalid_lines:
         lines = ", ".join(str(n) for n in scan.invalid_lines[:5])
@@ -205,28 +256,59 @@ def parse_certificates(data: bytes, what: str = "tls.crt") -> tuple[x509.Certifi
         where = f"{what} certificate #{index} (lines {block.first_line}-{block.last_line})"
         if block.label != "CERTIFICATE":
             raise InvalidCertificate(f"{where} is a {block.label!r} block, not a CERTIFICATE")
-        try:
-            certs.append(x509.load_der_x509_certificate(block.der))
-        except ValueError as error:
-            raise InvalidCertificate(f"{where} does not parse as X.509: {error}") from None
+        certs.append(_load_certificate(block.der, where))
     if not certs:
         raise InvalidCertificate(f"{what} holds no PEM certificate")
     return tuple(certs)
 
 
+def _load_certificate(der: bytes, where: str) -> x509.Certificate:
+    """Load and touch everything certsync reads of a certificate now, so that nothing fails later.
+
+    The library parses lazily and raises many classes (ValueError, InvalidVersion, UnsupportedAlgorithm,
+    OverflowError …) or only warns (a negative serial): every one of them is an invalid certificate.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a parse warning (negative serial, bad encoding) is a refusal
+            cert = x509.load_der_x509_certificate(der)
+            certificate_facts(cert)
+            cert.public_key()
+            cert.signature_hash_algorithm  # noqa: B018  (raises for an unknown signature algorithm)
+            _server_usage(cert)
+    except UnsupportedAlgorithm:
+        raise InvalidCertificate(
+            f"{where} uses a key type, curve or signature algorithm certsync cannot read"
+        ) from None
+    except Exception as error:  # whatever the class: the input is at fault, and says where
+        raise InvalidCertificate(f"{where} does not parse as X.509: {_library_reason(error)}") from None
+    return cert
+
+
+def _library_reason(error: BaseException) -> str:
+    """The library's own words, short, without any input they might quote (never key material here)."""
+    text = " ".join(str(error).split())[:160]
+    return text or type(error).__name__
+
+
 def parse_private_key(data: bytes, what: str = "tls.key") -> SupportedKey:
     """Parse an unencrypted RSA, ECDSA or Ed25519 key in PKCS#1, PKCS#8 or SEC1 PEM."""
     _check_size(data, what, InvalidPrivateKey)
+    secret_text(data, what)
     blocks = [b for b in scan_pem(data).blocks if b.label.endswith("PRIVATE KEY")]
     if len(blocks) != 1:
         raise InvalidPrivateKey(f"{what} must hold exactly one PEM private key, found {len(blocks)}")
+    where = f"{what} (lines {blocks[0].first_line}-{blocks[0].last_line})"
     try:
-        key = serialization.load_pem_private_key(data, password=None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
-        raise InvalidPrivateKey(f"{what} is encrypted; certsync needs an unencrypted key") from None
-    except (ValueError, UnsupportedAlgorithm):
-        # The library's message may echo parts of the input: never pass it on.
-        raise InvalidPrivateKey(f"{what} does not parse as a PEM private key") from None
+        raise InvalidPrivateKey(f"{where} is encrypted; certsync needs an unencrypted key") from None
+    except UnsupportedAlgorithm:
+        raise InvalidPrivateKey(f"{where} is of a key type or curve certsync cannot use") from None
+    except Exception:  # its message may echo the input: never pass it on
+        raise InvalidPrivateKey(f"{where} does not parse as a PEM private key") from None
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
         raise InvalidPrivateKey(f"{what} is a {type(key).__name__}; RSA, ECDSA or Ed25519 expected")
     return key
@@ -246,9 +328,29 @@ def key_matches(cert: x509.Certificate, key: SupportedKey) -> bool:
 def signed_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     try:
         child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True
+
+
+def _server_usage(cert: x509.Certificate) -> str | None:
+    """Why the certificate may not serve TLS, judged on the extensions it has (absent ones allow all)."""
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    if usage is not None:
+        rsa_key = isinstance(cert.public_key(), rsa.RSAPublicKey)
+        if not (usage.digital_signature or (rsa_key and usage.key_encipherment)):
+            allowed = "digitalSignature or keyEncipherment" if rsa_key else "digitalSignature"
+            return f"its keyUsage lacks {allowed}, which a TLS server needs"
+    try:
+        extended = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+    if ExtendedKeyUsageOID.SERVER_AUTH not in extended and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in extended:
+        return "its extendedKeyUsage does not include serverAuth"
+    return None
 
 
 # --- the ordered chain of checks -------------------------------------------------------------
@@ -257,8 +359,36 @@ Check = Callable[[TLSBundle, dt.datetime], None]
 
 
 def check_key_matches_leaf(bundle: TLSBundle, now: dt.datetime) -> None:
-    if not key_matches(bundle.chain[0], bundle.key):
-        raise KeyMismatch(f"tls.key does not match the leaf certificate (CN {bundle.leaf.subject_cn!r})")
+    if key_matches(bundle.chain[0], bundle.key):
+        return
+    first = f"certificate #1 (CN {bundle.leaf.subject_cn!r})"
+    for index, cert in enumerate(bundle.chain[1:], start=2):
+        if key_matches(cert, bundle.key):
+            what = "is a CA" if bundle.leaf.is_ca else "is not the key's certificate"
+            raise ChainInvalid(
+                f"{bundle.cert_source} is out of order: {first} {what}, and {bundle.key_source} belongs to "
+                f"certificate #{index} (CN {bundle.facts[index - 1].subject_cn!r}); put that leaf first, "
+                "followed by its issuers"
+            )
+    raise KeyMismatch(
+        f"{bundle.key_source} does not match the leaf certificate (CN {bundle.leaf.subject_cn!r}) "
+        f"nor any other certificate of {bundle.cert_source}"
+    )
+
+
+def check_leaf_is_not_ca(bundle: TLSBundle, now: dt.datetime) -> None:
+    if bundle.leaf.is_ca:
+        raise LeafIsCA(
+            f"the leaf certificate (CN {bundle.leaf.subject_cn!r}) is a CA (basicConstraints ca=true): "
+            f"{bundle.key_source} is a CA's private key, which certsync never uploads; "
+            "use a server certificate issued by that CA"
+        )
+
+
+def check_leaf_server_usage(bundle: TLSBundle, now: dt.datetime) -> None:
+    problem = _server_usage(bundle.chain[0])
+    if problem:
+        raise KeyUsageInvalid(f"the leaf certificate (CN {bundle.leaf.subject_cn!r}) cannot serve TLS: {problem}")
 
 
 def check_leaf_valid_now(bundle: TLSBundle, now: dt.datetime) -> None:
@@ -283,20 +413,45 @@ def check_chain_order(bundle: TLSBundle, now: dt.datetime) -> None:
             )
 
 
-TLS_CHECKS: tuple[Check, ...] = (check_key_matches_leaf, check_leaf_valid_now, check_chain_order)
+TLS_CHECKS: tuple[Check, ...] = (
+    check_key_matches_leaf,
+    check_leaf_is_not_ca,
+    check_leaf_server_usage,
+    check_leaf_valid_now,
+    check_chain_order,
+)
 
 
 @functools.lru_cache(maxsize=256)
-def load_bundle(cert_pem: bytes, key_pem: bytes) -> TLSBundle:
+def load_bundle(
+    cert_pem: bytes, key_pem: bytes, cert_source: str = "tls.crt", key_source: str = "tls.key"
+) -> TLSBundle:
     """Parse once per distinct input: loading an RSA key checks it (tens of ms), and every pass re-validates."""
-    chain = parse_certificates(cert_pem)
-    key = parse_private_key(key_pem)
-    return TLSBundle(chain=chain, facts=tuple(certificate_facts(c) for c in chain), key=key)
+    chain = parse_certificates(cert_pem, cert_source)
+    key = parse_private_key(key_pem, key_source)
+    return TLSBundle(
+        chain=chain,
+        facts=tuple(certificate_facts(c) for c in chain),
+        key=key,
+        cert_source=cert_source,
+        key_source=key_source,
+    )
 
 
-def validate_tls(cert_pem: bytes, key_pem: bytes, now: dt.datetime, checks: Sequence[Check] = TLS_CHECKS) -> TLSBundle:
-    """Parse and check a tls.crt/tls.key pair; raise the first `CertificateProblem` found."""
-    bundle = load_bundle(cert_pem, key_pem)
+def validate_tls(
+    cert_pem: bytes,
+    key_pem: bytes,
+    now: dt.datetime,
+    checks: Sequence[Check] = TLS_CHECKS,
+    *,
+    cert_source: str = "tls.crt",
+    key_source: str = "tls.key",
+) -> TLSBundle:
+    """Parse and check a tls.crt/tls.key pair; raise the first `CertificateProblem` found.
+
+    `cert_source`/`key_source` name the inputs in messages: the Secret's keys, or files for `certsync check`.
+    """
+    bundle = load_bundle(cert_pem, key_pem, cert_source, key_source)
     for check in checks:
         check(bundle, now)
     return bundle

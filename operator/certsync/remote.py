@@ -1,6 +1,7 @@
 """What both remote API clients share: the root of their error trees and safe HTTP plumbing.
 
     RemoteError                      every failure of a remote call
+     ├── InvalidEndpoint             the endpoint does not normalise: nothing sent
      ├── TransportError              no HTTP answer: connect, read, timeout, reset (retryable)
      ├── RateLimitedError            the call was not sent (budget) or answered 429 (retryable)
      └── RemoteStatusError           the remote answered and refused
@@ -9,8 +10,10 @@
 Each error carries the condition `reason` the operator reports, whether the
 same call may simply be tried again (`retryable`) and, where known, how long
 to wait (`retry_after`). Messages are built from status codes and the
-remote's short message only, cut to a safe length: never from request bodies,
-headers or credentials.
+remote's short message only, passed through the call's `Scrubber` (which knows
+that call's secrets) before they are cut to a safe length; a client also
+re-scrubs every error that leaves it (`RemoteError.scrubbed`), so no message
+built anywhere below can carry a secret of the call out.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from typing import ClassVar, TypeVar
 import httpx
 
 from certsync.budget import BudgetExhausted, RateBudget, Scope, Window
+from certsync.scrub import GENERIC, MAX_MESSAGE, Scrubber
+from certsync.settings import EndpointError, normalise_endpoint
 
 DEFAULT_TIMEOUT = httpx.Timeout(20.0, connect=5.0)
 REPLICA_HEADER = "X-Certsync-Replica"
@@ -46,7 +51,6 @@ class Replica:
 # Set once by the command line before the operator starts; every task inherits it. Unset: no leader election.
 REPLICA: contextvars.ContextVar[Replica | None] = contextvars.ContextVar("certsync_replica", default=None)
 T = TypeVar("T")
-MAX_MESSAGE = 200  # remote messages are cut so that a chatty server cannot flood logs or status
 
 
 class RemoteError(Exception):
@@ -57,6 +61,15 @@ class RemoteError(Exception):
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+
+    def scrubbed(self, scrubber: Scrubber) -> RemoteError:
+        """The same error with every text it carries passed through `scrubber` (in place; returns self)."""
+        self.message = scrubber.short(self.message, limit=2 * MAX_MESSAGE)
+        self.args = (self.message,)
+        remote_message = getattr(self, "remote_message", None)
+        if isinstance(remote_message, str):
+            self.remote_message = scrubber.short(remote_message)
+        return self
 
 
 class TransportError(RemoteError):
@@ -69,6 +82,20 @@ class RateLimitedError(RemoteError):
 
     reason = "RateLimited"
     retryable = True
+
+
+class InvalidEndpoint(RemoteError):
+    """The endpoint cannot be normalised: nothing was sent (the handlers check the allowlist before this)."""
+
+    reason = "EndpointNotAllowed"
+
+
+def base_url(endpoint: str) -> str:
+    """The normalised endpoint, without a trailing slash: the only form a client builds URLs from."""
+    try:
+        return normalise_endpoint(endpoint)
+    except EndpointError as error:
+        raise InvalidEndpoint(f"endpoint refused: {error}") from None
 
 
 class RemoteStatusError(RemoteError):
@@ -94,10 +121,9 @@ def retryable_status(code: int) -> bool:
     return code in (408, 429) or code >= 500
 
 
-def short(text: object) -> str:
-    """A remote's message, cut short and on one line."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= MAX_MESSAGE else flat[: MAX_MESSAGE - 1] + "…"
+def short(text: object, scrubber: Scrubber = GENERIC) -> str:
+    """A remote's message on one line, scrubbed of the call's secrets, then cut short."""
+    return scrubber.short(text)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

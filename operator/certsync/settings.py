@@ -3,18 +3,125 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_ALLOWED = ("https://api.cdn.sber.cloud/",)
+DEFAULT_METRICS_BIND = "0.0.0.0"  # in a pod the kubelet's probes and Prometheus come from outside the pod
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_PATH_SEGMENT = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@-]*$")
 
 
 class SettingsError(ValueError):
     """A setting that cannot be used; the operator refuses to start with it."""
+
+
+class EndpointError(ValueError):
+    """An endpoint that cannot be used safely, whatever the allowlist says."""
+
+
+def normalise_endpoint(endpoint: str) -> str:
+    """The one form of an endpoint that is checked against the allowlist and used to build URLs.
+
+    Scheme and host lower-cased, the host in IDNA (punycode), the default port
+    removed, dot segments resolved and repeated slashes merged, no trailing
+    slash: `HTTPS://API.Example.com:443/v1/./x/../` -> `https://api.example.com/v1`.
+    Refused (EndpointError): control characters, whitespace, backslashes,
+    percent-escapes (an escaped dot or slash would be resolved by someone after
+    us), user info, a query or a fragment, anything but http(s).
+    """
+    if not endpoint:
+        raise EndpointError("the endpoint is empty")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 or c in "\\%" for c in endpoint):
+        raise EndpointError("the endpoint contains whitespace, a control character, a backslash or a %-escape")
+    if "?" in endpoint or "#" in endpoint:
+        raise EndpointError("the endpoint must not have a query or a fragment")
+    scheme, rest = endpoint.split("://", 1) if "://" in endpoint else ("", "")
+    scheme = scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise EndpointError("the endpoint must start with https:// (or http:// where allowlisted)")
+    authority, _, path = rest.partition("/")
+    if "@" in authority:
+        raise EndpointError("the endpoint must not carry user info")
+    host, port = _split_authority(authority)
+    if port == _DEFAULT_PORTS[scheme]:
+        port = None
+    segments = _resolve_dot_segments(path)
+    for segment in segments:
+        if not _PATH_SEGMENT.match(segment):
+            raise EndpointError("the endpoint's path has a character that must not appear unescaped")
+    netloc = host if port is None else f"{host}:{port}"
+    return f"{scheme}://{netloc}" + "".join("/" + s for s in segments)
+
+
+def _split_authority(authority: str) -> tuple[str, int | None]:
+    if authority.startswith("["):
+        literal, bracket, after = authority[1:].partition("]")
+        if not bracket:
+            raise EndpointError("the endpoint's IPv6 address has no closing bracket")
+        try:
+            host = f"[{ipaddress.IPv6Address(literal).compressed}]"
+        except ValueError:
+            raise EndpointError("the endpoint's IPv6 address is not valid") from None
+        port_text = after.removeprefix(":") if after.startswith(":") else None
+        if after and port_text is None:
+            raise EndpointError("the endpoint's authority is not host[:port]")
+    else:
+        name, colon, port_text_raw = authority.partition(":")
+        port_text = port_text_raw if colon else None
+        host = _idna_host(name)
+    if port_text is None:
+        return host, None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536 or len(port_text) > 5:
+        raise EndpointError("the endpoint's port is not a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def _idna_host(name: str) -> str:
+    name = name.rstrip(".") if name.endswith(".") and not name.endswith("..") else name
+    if not name:
+        raise EndpointError("the endpoint has no host")
+    try:
+        ascii_name = name.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        raise EndpointError("the endpoint's host is not a valid (internationalised) domain name") from None
+    if len(ascii_name) > 253 or not all(_HOST_LABEL.match(label) for label in ascii_name.split(".")):
+        raise EndpointError("the endpoint's host is not a valid domain name or address")
+    return ascii_name
+
+
+def _resolve_dot_segments(path: str) -> list[str]:
+    """RFC 3986 section 5.2.4 on segments: `.` dropped, `..` removes the one before (never above the root)."""
+    out: list[str] = []
+    for segment in path.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(segment)
+    return out
+
+
+def secret_name_problem(name: object, field_path: str) -> str | None:
+    """Why `name` cannot be a Secret's name (a DNS-1123 subdomain), or None. Call it before any read:
+    `..`, `ns/name` or `%2F` forms would otherwise reach the API server's URL."""
+    if not isinstance(name, str) or not name:
+        return f"{field_path} must name a Secret"
+    if len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name):
+        return (
+            f"{field_path} {name[:64]!r} is not a valid Secret name (lower-case letters, digits, '-' and '.', "
+            "starting and ending with a letter or digit, at most 253 characters)"
+        )
+    return None
 
 
 def parse_duration(text: str) -> float:
@@ -51,13 +158,30 @@ class Settings:
     renew_deadline: float = 10.0
     retry_period: float = 2.0
     debug_election_signals: bool = False  # tests only: SIGUSR1 stalls, SIGUSR2 crashes the election loop
+    metrics_bind_address: str = DEFAULT_METRICS_BIND
+    _allowed_prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False, default=())
+
+    def __post_init__(self) -> None:
+        prefixes = []
+        for prefix in self.allowed_endpoints:
+            try:
+                prefixes.append(normalise_endpoint(prefix) + "/")
+            except EndpointError as error:
+                raise SettingsError(f"allowed endpoint {prefix!r}: {error}") from None
+        object.__setattr__(self, "_allowed_prefixes", tuple(prefixes))
+
+    def allowed_endpoint(self, endpoint: str) -> str | None:
+        """The normalised endpoint if the allowlist admits it, else None. Use only the returned form."""
+        try:
+            normalised = normalise_endpoint(endpoint)
+        except EndpointError:
+            return None
+        candidate = normalised + "/"
+        return normalised if any(candidate.startswith(p) for p in self._allowed_prefixes) else None
 
     def endpoint_allowed(self, endpoint: str) -> bool:
-        """A prefix match on the normalised URL; `http://` only where a prefix names it explicitly."""
-        if not endpoint or "@" in endpoint.split("//", 1)[-1].split("/", 1)[0]:
-            return False  # no credentials smuggled in the URL
-        candidate = endpoint if endpoint.endswith("/") else endpoint + "/"
-        return any(candidate.startswith(p if p.endswith("/") else p + "/") for p in self.allowed_endpoints)
+        """A prefix match, segment by segment, on the normalised URL; `http://` only where a prefix names it."""
+        return self.allowed_endpoint(endpoint) is not None
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -69,6 +193,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--allowed-endpoints", help="comma-separated URL prefixes (CERTSYNC_ALLOWED_ENDPOINTS)")
     p.add_argument("--namespaces", help="comma-separated namespaces to watch; empty: all (CERTSYNC_NAMESPACES)")
     p.add_argument("--metrics-port", help="metrics and health port (CERTSYNC_METRICS_PORT)")
+    p.add_argument(
+        "--metrics-bind-address",
+        help=f"address of the metrics and health server, {DEFAULT_METRICS_BIND} (CERTSYNC_METRICS_BIND_ADDRESS)",
+    )
     p.add_argument("--log-format", choices=["json", "text"], help="CERTSYNC_LOG_FORMAT")
     p.add_argument("--drift-interval", help="default drift-check interval (CERTSYNC_DRIFT_INTERVAL)")
     p.add_argument("--cdn-budget-per-minute", help="CDN calls per minute per account (CERTSYNC_CDN_BUDGET_PER_MINUTE)")
@@ -101,6 +229,11 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     allowed = pick(args.allowed_endpoints, "CERTSYNC_ALLOWED_ENDPOINTS")
     namespaces = pick(args.namespaces, "CERTSYNC_NAMESPACES")
     port = pick(args.metrics_port, "CERTSYNC_METRICS_PORT") or "8080"
+    bind = pick(args.metrics_bind_address, "CERTSYNC_METRICS_BIND_ADDRESS") or DEFAULT_METRICS_BIND
+    try:
+        ipaddress.ip_address(bind)
+    except ValueError:
+        raise SettingsError(f"CERTSYNC_METRICS_BIND_ADDRESS must be an IP address, not {bind!r}") from None
     log_format = pick(args.log_format, "CERTSYNC_LOG_FORMAT") or ("text" if sys.stderr.isatty() else "json")
     drift = pick(args.drift_interval, "CERTSYNC_DRIFT_INTERVAL") or "6h"
     budget = pick(args.cdn_budget_per_minute, "CERTSYNC_CDN_BUDGET_PER_MINUTE") or "20"
@@ -132,6 +265,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         allowed_endpoints=endpoints,
         namespaces=_csv(namespaces or ""),
         metrics_port=int(port),
+        metrics_bind_address=bind,
         log_format=log_format,
         drift_interval=parse_duration(drift),
         cdn_budget_per_minute=int(budget),
