@@ -337,3 +337,27 @@ async def test_against_the_emulator_eight_resources_with_one_wrong_password_log_
         fixed = api.CdnAccess(cdn.url, "acct1", username=CDN_USER, password=CDN_PASSWORD, credentials_id="u:2")
         await asyncio.gather(*(c.list_certificates(fixed) for _ in range(8)))
         assert cdn.counts()[LOGIN] == 2
+
+
+async def test_a_refusal_restored_from_many_statuses_counts_once() -> None:
+    """Eight resources record the same refusal: restoring all of them (a restart) is still one refusal."""
+    from certsync.cdn import CdnAccess, CdnClient, LoginRefused
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401)
+
+    client = CdnClient(transport=httpx.MockTransport(answer))
+    access = CdnAccess("https://cdn.example", "acct", username="u", password="wrong", credentials_id="uid:1")
+    with pytest.raises(LoginRefused):
+        await client.token(access)
+    state = client.export_login_state(access)
+    for _ in range(8):
+        client.restore_login_state(access, state)
+    again = client.export_login_state(access)
+    assert again["recentRefusals"] == state["recentRefusals"] and len(again["recentRefusals"]) == 1
+    restarted = CdnClient(transport=httpx.MockTransport(answer))
+    for _ in range(8):
+        restarted.restore_login_state(access, state)
+    assert len(restarted.export_login_state(access)["recentRefusals"]) == 1
+    await client.aclose()
+    await restarted.aclose()

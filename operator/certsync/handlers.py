@@ -10,6 +10,7 @@ which Secrets, so that ownership and wakes need no API call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
@@ -161,6 +162,27 @@ def le_inflight(
     return {letsencryptorder.account_of(spec): _claim(namespace, name, meta)}
 
 
+def _login_index(plural: str) -> None:
+    @kopf.index(GROUP, VERSION, plural, id=f"{plural}_logins")
+    def logins(namespace: str | None, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[tuple[str, str], Any]:
+        state, secret = status.get("cdnLogin"), (spec.get("credentialsSecretRef") or {}).get("name")
+        return {(str(namespace), str(secret)): dict(state)} if state and secret else {}
+
+
+for _plural in ("cdncertificates", "letsencryptorders"):
+    _login_index(_plural)
+
+
+def _login_states(indices: Mapping[str, Any]) -> Callable[[str, str], list[Mapping[str, Any]]]:
+    def states(namespace: str, secret: str) -> list[Mapping[str, Any]]:
+        found: list[Mapping[str, Any]] = []
+        for plural in ("cdncertificates", "letsencryptorders"):
+            found.extend(indices[f"{plural}_logins"].get((namespace, secret), []))
+        return found
+
+    return states
+
+
 def _owners(indices: Mapping[str, Any]) -> Callable[[str, str], list[Claim]]:
     by_plural = {
         "deploymenttlses": indices["dtls_targets"],
@@ -217,6 +239,15 @@ def _resource(plural: str, body: kopf.Body, local: dict[str, Any], forced: bool 
 
 
 async def one_pass(rt: Runtime, r: Resource, failures: int) -> tuple[float | None, int]:
+    """Run the kind's controller and keep what the CDN client learnt of its login, whatever the outcome."""
+    try:
+        return await _one_pass(rt, r, failures)
+    finally:
+        with contextlib.suppress(KubeError):
+            await cdncertificate.keep_login_state(rt, r)
+
+
+async def _one_pass(rt: Runtime, r: Resource, failures: int) -> tuple[float | None, int]:
     """Run the kind's controller; every exception ends in a condition and a retry time."""
     try:
         return await SYNCS[r.plural](rt, r), 0
@@ -251,7 +282,7 @@ def _daemon(plural: str) -> None:
             wake.clear()
             forced = key in w.forced
             w.forced.discard(key)
-            rt.owners = _owners(indices)
+            rt.owners, rt.login_states = _owners(indices), _login_states(indices)
             try:
                 delay, failures = await one_pass(rt, _resource(plural, body, local, forced), failures)
             except ResourceGone:
@@ -283,7 +314,7 @@ def _on_delete(plural: str) -> None:
     async def delete(body: kopf.Body, memo: kopf.Memo, retry: int, **indices: Any) -> None:
         """`Orphan` sends nothing; `Delete` removes what this resource wrote, within a bounded time."""
         rt = runtime(memo)
-        rt.owners = _owners(indices)
+        rt.owners, rt.login_states = _owners(indices), _login_states(indices)
         r = _resource(plural, body, {})
         try:
             again = await deletion.delete(rt, r, body.metadata.get("deletionTimestamp"), retry)

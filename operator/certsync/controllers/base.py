@@ -25,9 +25,11 @@ from certsync.reconcile.conditions import State, conditions, jittered, parse_tim
 from certsync.reconcile.record import Intent
 from certsync.reconcile.targets import Claim
 from certsync.remote import RateLimitedError, RemoteError
-from certsync.settings import Settings
+from certsync.scrub import GENERIC
+from certsync.settings import EndpointError, Settings, normalise_endpoint, secret_name_problem
 
 T = TypeVar("T")
+MAX_TEXT = 1024  # a condition or Event message: scrubbed, then cut
 log = logging.getLogger("certsync")
 Owners = Callable[[str, str], list[Claim]]  # (plural, target key) -> every resource that names it
 
@@ -42,7 +44,9 @@ class Runtime:
     cdn: CdnClient
     kube: KubeLayer
     metrics: Metrics
-    owners: Owners = lambda plural, key: []
+    owners: Owners = lambda plural, key: []  # replaced by the handlers' index lookup
+    # (namespace, credentials Secret) -> the CDN login states recorded by every resource using it
+    login_states: Callable[[str, str], list[Mapping[str, Any]]] = lambda namespace, name: []
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
     # Credentials that last worked, per resource: a deletion after its Secret is gone still removes the remote
     # certificate. Memory only, never written anywhere.
@@ -82,6 +86,8 @@ class Resource:
     watched: Mapping[str, Any]  # status as the watch last delivered it (may lag behind our own patches)
     local: dict[str, Any] = field(default_factory=dict)  # what this process recorded: wins over the watch
     forced: bool = False
+    endpoint: str = ""  # the normalised endpoint, set by `precheck`: the only form used for calls and targets
+    cdn: Any = None  # the CDN access of this pass, once built: its login state is kept in status afterwards
 
     @property
     def status(self) -> dict[str, Any]:
@@ -116,7 +122,7 @@ async def record(rt: Runtime, r: Resource, updates: Mapping[str, Any]) -> None:
 
 
 async def event(rt: Runtime, r: Resource, type_: str, reason: str, message: str) -> None:
-    await rt.kube.event(r.ref, type_, reason, message)
+    await rt.kube.event(r.ref, type_, reason, GENERIC.short(message, MAX_TEXT))
 
 
 async def finish(
@@ -124,6 +130,7 @@ async def finish(
 ) -> float | None:
     """Record the pass's result (status written only when it changes) and say when to look again."""
     now = rt.clock()
+    state = State(state.kind, state.reason, GENERIC.short(state.message, MAX_TEXT))
     old_ready: dict[str, Any] = next((c for c in r.status.get("conditions", []) if c.get("type") == "Ready"), {})
     new: dict[str, Any] = {**updates, "observedGeneration": r.generation}
     new["conditions"] = conditions(r.status.get("conditions", []), state, r.generation, now)
@@ -186,21 +193,40 @@ def state_for_error(error: RemoteError, attempt: int) -> tuple[State, float | No
         base = error.retry_after if error.retry_after is not None else poll_delay(attempt)
         delay = base if error.retry_after is not None else jittered(base, random.random())
         return State("reconciling", error.reason, f"{error.message}; retrying in {delay:.0f}s"), max(1.0, delay)
-    return State("stalled", error.reason, error.message), None
+    # A refusal that knows when it may be tried again (a capped login) comes back then, by itself.
+    return State("stalled", error.reason, error.message), error.retry_after
 
 
 def endpoint_of(spec: Mapping[str, Any], default: str = "") -> str:
-    """The endpoint as the target identity sees it: no trailing slash."""
-    return str(spec.get("endpoint") or default).rstrip("/")
+    """The endpoint as targets and calls see it: normalised (so `HTTPS://Host:443/` and `https://host` are one)."""
+    raw = str(spec.get("endpoint") or default)
+    try:
+        return normalise_endpoint(raw)
+    except EndpointError:
+        return raw.rstrip("/")
+
+
+SECRET_FIELDS = (("secretName",), ("credentialsSecretRef", "name"), ("clientCA", "secretName"))
 
 
 def precheck(rt: Runtime, r: Resource, default_endpoint: str = "") -> State | None:
-    """Suspension and the endpoint allowlist come before reading any Secret."""
+    """Suspension, the endpoint allowlist and the Secret names come before reading any Secret."""
     if r.spec.get("suspend"):
         return State("suspended", "Suspended", "spec.suspend is true: no remote calls")
     endpoint = str(r.spec.get("endpoint") or default_endpoint)
-    if not rt.settings.endpoint_allowed(endpoint):
+    normalised = rt.settings.allowed_endpoint(endpoint)
+    if normalised is None:
         return State("stalled", "EndpointNotAllowed", f"endpoint {endpoint!r} is not in the operator's allowlist")
+    r.endpoint = normalised
+    for path in SECRET_FIELDS:
+        value: Any = r.spec
+        for part in path:
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if value is None and path[0] != "credentialsSecretRef":
+            continue
+        problem = secret_name_problem(value, "spec." + ".".join(path))
+        if problem:
+            return State("stalled", "InvalidSpec", problem)
     return None
 
 

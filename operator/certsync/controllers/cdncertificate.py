@@ -33,16 +33,32 @@ def target_of(spec: Mapping[str, Any]) -> str:
 
 
 async def cdn_access(rt: Runtime, r: Resource) -> CdnAccess | Problem:
-    """The account's access from the credentials Secret: username/password, or a ready token."""
+    """The account's access from the credentials Secret, with every login refusal recorded for that Secret."""
     name = r.spec["credentialsSecretRef"]["name"]
     secret = await rt.kube.read_secret(r.namespace, name)
     creds = credentials(name, secret, [("token",), ("username", "password")])
-    if isinstance(creds, Problem):
-        return creds
-    return CdnAccess(
-        str(r.spec.get("endpoint") or DEFAULT_ENDPOINT), str(r.spec["account"]),
+    if isinstance(creds, Problem) or secret is None:
+        return creds if isinstance(creds, Problem) else Problem("SecretNotFound", f"Secret {name!r} not found")
+    access = CdnAccess(
+        r.endpoint or endpoint_of(r.spec, DEFAULT_ENDPOINT), str(r.spec["account"]),
         username=creds.get("username", ""), password=creds.get("password", ""), token=creds.get("token", ""),
+        credentials_id=f"{secret.uid}:{secret.version}",
     )  # fmt: skip
+    # A refusal recorded by any resource using this Secret (before a restart, by another replica) holds here.
+    for state in [r.status.get("cdnLogin") or {}, *rt.login_states(r.namespace, name)]:
+        rt.cdn.restore_login_state(access, state)
+    r.cdn = access
+    return access
+
+
+async def keep_login_state(rt: Runtime, r: Resource) -> None:
+    """After a pass that used the CDN: what the client learnt of its login goes to status, so that a restart
+    or another replica never tries a refused password again."""
+    if r.cdn is None:
+        return
+    state = rt.cdn.export_login_state(r.cdn) or None
+    if state != r.status.get("cdnLogin"):
+        await record(rt, r, {"cdnLogin": state})
 
 
 async def listing(rt: Runtime, access: CdnAccess) -> list[CdnCertificateInfo]:

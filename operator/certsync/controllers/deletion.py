@@ -105,7 +105,7 @@ async def _credentials(rt: Runtime, r: Resource) -> Any:
     if r.plural == "deploymenttlses":
         creds = credentials(name, secret, [("apiKey", "apiSecret")])
         if not isinstance(creds, Problem):
-            return EmqxAccess(str(r.spec["endpoint"]), creds["apiKey"], creds["apiSecret"])
+            return EmqxAccess(r.endpoint, creds["apiKey"], creds["apiSecret"])
     else:
         access = await cdncertificate.cdn_access(rt, r)
         if not isinstance(access, Problem):

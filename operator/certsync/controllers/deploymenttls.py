@@ -61,7 +61,7 @@ async def sync(rt: Runtime, r: Resource) -> float | None:
     creds = credentials(creds_name, await rt.kube.read_secret(r.namespace, creds_name), [("apiKey", "apiSecret")])
     if not isinstance(creds, dict):
         return await finish(rt, r, creds.state(), {}, None)
-    access = EmqxAccess(str(spec["endpoint"]), creds["apiKey"], creds["apiSecret"])
+    access = EmqxAccess(r.endpoint, creds["apiKey"], creds["apiSecret"])
     deployment = str(spec["deploymentId"])
     scope, window = rt.emqx.scope(access, deployment, "PUT")
     rt.budget.restore(scope, window, {"sent": r.status.get("writeTimes", [])})
