@@ -85,6 +85,12 @@ def check(argv: Sequence[str]) -> int:
     parser.add_argument("manifest", nargs="?", type=Path, help="a YAML file with one or more kubernetes.io/tls Secrets")
     parser.add_argument("--cert", type=Path, help="PEM chain (tls.crt), with --key")
     parser.add_argument("--key", type=Path, help="PEM private key (tls.key), with --cert")
+    parser.add_argument(
+        "--for",
+        dest="destination",
+        choices=pki.DESTINATIONS,
+        help="also apply what this remote requires (emqx: key types, key algorithm of the issuer, 60 days left)",
+    )
     args = parser.parse_args(argv)
     if bool(args.manifest) == bool(args.cert or args.key) or bool(args.cert) != bool(args.key):
         parser.error("give either a manifest, or both --cert and --key")
@@ -106,7 +112,7 @@ def check(argv: Sequence[str]) -> int:
         return 2
     failed = 0
     for name, secret in secrets:
-        result = rc.check_tls_secret(name, secret, now)
+        result = _check_for(name, secret, now, args.destination)
         if isinstance(result, rc.Problem):
             failed += 1
             print(f"{name}: {result.reason}: {result.message}")
@@ -116,6 +122,20 @@ def check(argv: Sequence[str]) -> int:
                 f"{name}: Valid: CN {leaf.subject_cn!r}, expires {pki.rfc3339(leaf.not_after)}, SHA-256 {leaf.sha256}"
             )
     return 1 if failed else 0
+
+
+def _check_for(
+    name: str, secret: rc.SecretView, now: dt.datetime, destination: pki.Destination | None
+) -> rc.TLSMaterial | rc.Problem:
+    """The operator's checks, then the destination's own: the same order, reasons and messages as its controller."""
+    result = rc.check_tls_secret(name, secret, now)
+    if isinstance(result, rc.Problem) or destination is None:
+        return result
+    try:
+        pki.check_destination(result.bundle, destination, now)
+    except pki.CertificateProblem as problem:
+        return rc.Problem(problem.reason, f"Secret {name!r}: {problem.message}")
+    return result
 
 
 def _secret_view(doc: dict[str, Any]) -> rc.SecretView:

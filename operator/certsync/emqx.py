@@ -2,13 +2,20 @@
 
     RemoteError (remote.py)
      └── EmqxError
+          ├── EmqxBadRequest          400: the remote called the request invalid (not retried)
           ├── EmqxUnauthorized        401: key or secret wrong
           ├── EmqxForbidden           403: the key may not touch this deployment
-          ├── DeploymentNotFound      404: no such deployment
-          ├── TLSNotConfigured        404: the deployment has no custom TLS (project's choice)
+          ├── DeploymentNotFound      404 on a create: no such deployment
+          ├── TLSNotConfigured        404 on any other call, or a 200 without tlsType/status: "absent"
           ├── EmqxInvalidParameters   422: the remote refused the parameters
           ├── EmqxRateLimited         429 (also a RateLimitedError)
-          └── EmqxServerError         5xx and unexpected answers
+          ├── EmqxServerError         408 and 5xx (retryable); any other 4xx is an EmqxError refusal
+          └── EmqxUnexpectedAnswer    a 2xx the client cannot read (retryable)
+
+What a status code means is decided in one place, `error_for`. As EMQ's own
+Terraform provider does, "absent" is any GET 404 or an empty 200 (`{}`); only
+a 404 on a create says that the deployment itself is missing (providers.md).
+`status` passes through as the remote's string; `phase()` classifies it.
 
 Every call passes through the shared rate budget first: 60 reads and 6
 writes per hour per endpoint and deployment (providers.md).
@@ -18,7 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -44,8 +50,12 @@ from certsync.remote import (
 )
 
 TLSType = Literal["one-way", "two-way"]
-RemoteStatus = Literal["pending", "running"]
-NO_TLS_PATTERN = re.compile(r"no tls|tls is not configured|not configured", re.IGNORECASE)
+Phase = Literal["pending", "running", "failed", "terminated", "unknown"]
+STATUS_PENDING = "pending"  # being applied: poll again
+STATUS_RUNNING = "running"  # applied
+STATUS_FAILED = "failed"  # terminal: the certificate was not applied
+STATUS_TERMINATED = "terminated"  # an asynchronous delete is being applied: wait, never create meanwhile
+KNOWN_STATUSES: tuple[Phase, ...] = (STATUS_PENDING, STATUS_RUNNING, STATUS_FAILED, STATUS_TERMINATED)
 EXPIRE_FORMAT = "%Y-%m-%d %H:%M:%S"
 CALLS = {"GET": "get_tls", "POST": "create_tls", "PUT": "update_tls", "DELETE": "delete_tls"}
 
@@ -59,21 +69,52 @@ class EmqxAccess:
     api_secret: str = field(repr=False)
 
 
+def phase(status: str) -> Phase:
+    """What a remote status means to the operator; anything not documented is `unknown`."""
+    normalised = status.strip().lower()
+    for known in KNOWN_STATUSES:
+        if normalised == known:
+            return known
+    return "unknown"
+
+
 @dataclass(frozen=True)
 class DeploymentTLSInfo:
+    """One answer about a deployment's TLS. `expire` is an observation only: its zone is undocumented."""
+
     tls_type: str
-    expire: dt.datetime | None  # the remote gives no zone; read as UTC
-    status: str
+    expire: dt.datetime | None  # the remote gives no zone; read as UTC (it may well be UTC+8)
+    status: str  # the remote's own word, passed through; see `phase`
+    cn: str = ""  # the certificate's common name, when the remote says it
+    expire_text: str = ""  # `expire` exactly as the remote wrote it, to compare with a later answer
+    message: str = ""  # the remote's short message beside a status (e.g. why it `failed`), cut short
+
+    @property
+    def phase(self) -> Phase:
+        return phase(self.status)
+
+    @staticmethod
+    def is_absent(data: Any) -> bool:
+        """A 200 with empty (or missing) `tlsType` and `status` means "no TLS configured" (EMQ's own reading)."""
+        return isinstance(data, dict) and not _text(data.get("tlsType")) and not _text(data.get("status"))
 
     @classmethod
     def from_json(cls, data: Any) -> DeploymentTLSInfo:
-        if not isinstance(data, dict) or not {"tlsType", "status"} <= data.keys():
+        if not isinstance(data, dict) or not _text(data.get("tlsType")) or not _text(data.get("status")):
             raise EmqxUnexpectedAnswer(200, f"unexpected answer: {short(data)}")
+        expire_text = _text(data.get("expire"))
         return cls(
-            tls_type=str(data["tlsType"]),
-            expire=parse_expire(data.get("expire")),
-            status=str(data["status"]).strip(),
+            tls_type=_text(data["tlsType"]),
+            expire=parse_expire(expire_text),
+            status=_text(data["status"]),
+            cn=_text(data.get("cn")),
+            expire_text=expire_text,
+            message=short(_text(data.get("message"))),
         )
+
+
+def _text(value: object) -> str:
+    return value.strip() if isinstance(value, str) else ""
 
 
 def parse_expire(value: object) -> dt.datetime | None:
@@ -90,6 +131,13 @@ def format_expire(moment: dt.datetime) -> str:
 
 
 class EmqxError(RemoteStatusError):
+    reason = "RemoteRejected"
+    remote_code: str = ""  # the body's `code`, a number or a string on the wire, kept as text
+
+
+class EmqxBadRequest(EmqxError):
+    """400: the remote found the request itself invalid; the same request would fail again."""
+
     reason = "RemoteRejected"
 
 
@@ -129,25 +177,45 @@ class EmqxUnexpectedAnswer(EmqxError):
 
 
 _BY_STATUS: dict[int, type[EmqxError]] = {
+    400: EmqxBadRequest,
     401: EmqxUnauthorized,
     403: EmqxForbidden,
+    404: TLSNotConfigured,
     422: EmqxInvalidParameters,
     429: EmqxRateLimited,
 }
+_BY_METHOD_AND_STATUS: dict[tuple[str, int], type[EmqxError]] = {
+    ("POST", 404): DeploymentNotFound,  # a create is the only call whose 404 means the deployment is missing
+}
 
 
-def error_for(response: httpx.Response, retry_after: float | None) -> EmqxError:
+def error_for(method: str, response: httpx.Response, retry_after: float | None = None) -> EmqxError:
+    """The one place that says what an EMQX HTTP answer means; the body only adds a message and a code."""
+    message, code = _message_and_code(response)
+    status = response.status_code
+    cls = (
+        _BY_METHOD_AND_STATUS.get((method, status))
+        or _BY_STATUS.get(status)
+        or (EmqxServerError if retryable_status(status) else EmqxError)
+    )
+    error = cls(status, message or response.reason_phrase or str(status), retry_after=retry_after)
+    error.remote_code = code
+    return error
+
+
+def _message_and_code(response: httpx.Response) -> tuple[str, str]:
+    """The error body's message and `code` (int or string); a missing or non-JSON body gives what there is."""
+    if not response.content:
+        return "", ""
     try:
         body = response.json()
-        message = short(body.get("message", "")) if isinstance(body, dict) else short(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        message = short(response.text) if response.text else response.reason_phrase
-    status = response.status_code
-    if status == 404:
-        cls: type[EmqxError] = TLSNotConfigured if NO_TLS_PATTERN.search(message) else DeploymentNotFound
-    else:
-        cls = _BY_STATUS.get(status) or (EmqxServerError if retryable_status(status) else EmqxError)
-    return cls(status, message or response.reason_phrase, retry_after=retry_after)
+        return short(response.text), ""
+    if not isinstance(body, dict):
+        return short(body), ""
+    code = body.get("code")
+    code_text = str(code).strip() if isinstance(code, int | str) and not isinstance(code, bool) else ""
+    return short(body.get("message") or ""), code_text
 
 
 class EmqxClient:
@@ -211,11 +279,15 @@ class EmqxClient:
         retry_after = None
         if response.status_code == 429:
             retry_after = self.gate.rate_limited(scope, window, parse_retry_after(response.headers.get("Retry-After")))
-        raise error_for(response, retry_after)
+        raise error_for(method, response, retry_after)
 
     async def get_tls(self, access: EmqxAccess, deployment_id: str) -> DeploymentTLSInfo:
+        """The deployment's TLS; `TLSNotConfigured` when it has none (any 404, or an empty 200)."""
         response = await self._call(access, "GET", deployment_id)
-        return DeploymentTLSInfo.from_json(_json(response))
+        data = _json(response)
+        if DeploymentTLSInfo.is_absent(data):
+            raise TLSNotConfigured(response.status_code, "no TLS configured (empty answer)")
+        return DeploymentTLSInfo.from_json(data)
 
     async def create_tls(
         self, access: EmqxAccess, deployment_id: str, tls_type: str, cert: str, key: str, cacert: str | None = None
