@@ -140,8 +140,8 @@ def timestamp(data: dict[str, Any], which: Literal["start", "end"]) -> int:
     """Unix seconds from `<which>_timestamp` or `<which>`, a number or a numeric string; missing is an error."""
     for name in (f"{which}_timestamp", which):
         value = data.get(name)
-        if _is_int(value):
-            return int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
         if isinstance(value, str) and value.strip():

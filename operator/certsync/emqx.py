@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import httpx
 
@@ -51,10 +51,10 @@ from certsync.remote import (
 
 TLSType = Literal["one-way", "two-way"]
 Phase = Literal["pending", "running", "failed", "terminated", "unknown"]
-STATUS_PENDING = "pending"  # being applied: poll again
-STATUS_RUNNING = "running"  # applied
-STATUS_FAILED = "failed"  # terminal: the certificate was not applied
-STATUS_TERMINATED = "terminated"  # an asynchronous delete is being applied: wait, never create meanwhile
+STATUS_PENDING: Final = "pending"  # being applied: poll again
+STATUS_RUNNING: Final = "running"  # applied
+STATUS_FAILED: Final = "failed"  # terminal: the certificate was not applied
+STATUS_TERMINATED: Final = "terminated"  # an asynchronous delete is being applied: wait, never create meanwhile
 KNOWN_STATUSES: tuple[Phase, ...] = (STATUS_PENDING, STATUS_RUNNING, STATUS_FAILED, STATUS_TERMINATED)
 EXPIRE_FORMAT = "%Y-%m-%d %H:%M:%S"
 CALLS = {"GET": "get_tls", "POST": "create_tls", "PUT": "update_tls", "DELETE": "delete_tls"}
