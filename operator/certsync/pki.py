@@ -350,7 +350,8 @@ def from_timestamp(seconds: int | float) -> dt.datetime:
 Destination = Literal["emqx", "cdn"]
 DESTINATIONS: tuple[Destination, ...] = ("emqx", "cdn")
 EMQX_RSA_SIZES = (1024, 2048)
-EMQX_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384"}
+EMQX_CURVES = ("secp256r1", "secp384r1")
+CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 EMQX_MIN_REMAINING = dt.timedelta(days=60)
 
 
@@ -371,7 +372,7 @@ def describe_key(key: object) -> str:
     if isinstance(key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
         return f"RSA-{key.key_size}"
     if isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
-        return f"ECDSA {EMQX_CURVES.get(key.curve.name, key.curve.name)}"
+        return f"ECDSA {CURVE_NAMES.get(key.curve.name, key.curve.name)}"
     if isinstance(key, ed25519.Ed25519PublicKey | ed25519.Ed25519PrivateKey):
         return "Ed25519"
     return type(key).__name__.removeprefix("_")
@@ -406,8 +407,8 @@ def check_emqx_key_algorithm_matches_issuer(bundle: TLSBundle, now: dt.datetime)
     leaf_family, issuer_family = _key_family(leaf.public_key()), _key_family(issuer.public_key())
     if leaf_family != issuer_family:
         raise KeyAlgorithmMismatch(
-            f"the leaf certificate (CN {bundle.leaf.subject_cn!r}) has a {leaf_family} key but its issuer "
-            f"(CN {_name_cn(issuer.subject)!r}) has a {issuer_family} key; EMQX Cloud needs the leaf's key "
+            f"the leaf certificate (CN {bundle.leaf.subject_cn!r}) has an {leaf_family} key but its issuer "
+            f"(CN {_name_cn(issuer.subject)!r}) has an {issuer_family} key; EMQX Cloud needs the leaf's key "
             "algorithm to match the signing CA's"
         )
 
