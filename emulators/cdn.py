@@ -470,12 +470,17 @@ def build_app(state: CdnState) -> web.Application:
             state.hidden[int(item["seq"])] = int(item.get("calls", 1))
         return json_response({"failing": sorted(config.failing), "brokenDns": sorted(config.broken_dns)})
 
+    async def describe_config(_: web.Request) -> web.Response:
+        """Control API: the dialect this emulator was started with."""
+        return json_response({"dialects": sorted(config.dialects)})
+
     app = web.Application(middlewares=[fault_middleware(core, lambda code: envelope(code)), api_guard])
     app.add_routes(control_routes(core, state.reset))
     prefix = "/app/ssl/v1/account/{account}"
     app.add_routes(
         [
             web.post("/_emulator/letsencrypt", control_letsencrypt),
+            web.get("/_emulator/config", describe_config),
             web.post("/app/oauth/v1/token/", token),
             web.get(prefix + "/certificate/", list_certificates),
             web.post(prefix + "/certificate/", add_certificate),

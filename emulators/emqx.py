@@ -26,7 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from emulators import certs
-from emulators.common import EmulatorCore, SlidingLimit, control_routes, fault_middleware, json_response
+from emulators.common import EmulatorCore, Handler, SlidingLimit, control_routes, fault_middleware, json_response
 
 DIALECTS = {
     "bare-404": "absent TLS (and an unknown deployment, except to a create) answers 404 with no body",
@@ -263,10 +263,11 @@ def build_app(state: EmqxState) -> web.Application:
     app.add_routes(control_routes(core, state.reset))
     app.add_routes([web.route("*", "/deployments/{deployment_id}/tls", tls)])
     app.add_routes([web.get("/_emulator/tls/{deployment_id}", _inspect(state))])
+    app.add_routes([web.get("/_emulator/config", _describe_config(config))])
     return app
 
 
-def _inspect(state: EmqxState):  # type: ignore[no-untyped-def]
+def _inspect(state: EmqxState) -> Handler:
     """Control API: what is installed (fingerprint only; the key never leaves the emulator)."""
 
     async def handler(request: web.Request) -> web.Response:
@@ -280,6 +281,22 @@ def _inspect(state: EmqxState):  # type: ignore[no-untyped-def]
                 "fingerprint": installed.fingerprint,
                 "hasCacert": installed.cacert is not None,
                 "terminating": installed.deleted_at is not None,
+            }
+        )
+
+    return handler
+
+
+def _describe_config(config: EmqxConfig) -> Handler:
+    """Control API: the dialect and the deliberate oddities this emulator was started with."""
+
+    async def handler(_: web.Request) -> web.Response:
+        return json_response(
+            {
+                "dialects": sorted(config.dialects),
+                "failingDeployments": sorted(config.failing_deployments),
+                "expireOffsetHours": config.expire_offset_hours,
+                "terminateSeconds": config.terminate_seconds,
             }
         )
 
