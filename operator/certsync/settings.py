@@ -9,7 +9,16 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-DEFAULT_ALLOWED = ("https://api.cdn.sber.cloud/",)
+# The known hosts of both families (providers.md), https only. EMQX: the international console's
+# platform API (its path is part of the base URL). CDN: Sber Cloud CDN and the family's white-label hosts.
+EMQX_HOSTS = ("https://cloud-intl.emqx.com/public_api/",)
+CDN_HOSTS = (
+    "https://api.cdn.sber.cloud/",
+    "https://api.cdnvideo.ru/",
+    "https://api.cdn.beeline.ru/",
+    "https://apicdn.rcloud.ru/",
+)
+DEFAULT_ALLOWED = (*CDN_HOSTS, *EMQX_HOSTS)
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
