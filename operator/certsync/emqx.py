@@ -126,10 +126,6 @@ def parse_expire(value: object) -> dt.datetime | None:
         return None
 
 
-def format_expire(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime(EXPIRE_FORMAT)
-
-
 class EmqxError(RemoteStatusError):
     reason = "RemoteRejected"
     remote_code: str = ""  # the body's `code`, a number or a string on the wire, kept as text
