@@ -332,7 +332,13 @@ def test_status_phases(status: str, phase: str) -> None:
 
 
 async def test_empty_and_odd_200s() -> None:
-    answers: list[Any] = [{}, {"tlsType": "", "status": "", "expire": ""}, {"tlsType": "one-way"}, [1]]
+    answers: list[Any] = [
+        {},
+        {"tlsType": "", "status": "", "expire": ""},
+        {"tlsType": "one-way"},
+        [1],
+        {"tlsType": "", "status": "terminated"},
+    ]
 
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json=answers.pop(0))
@@ -345,3 +351,5 @@ async def test_empty_and_odd_200s() -> None:
         for _ in range(2):  # half an answer is not "absent": it is an answer the client cannot read
             with pytest.raises(api.EmqxUnexpectedAnswer):
                 await c.get_tls(where, DEP)
+        terminating = await c.get_tls(where, DEP)  # a status without a tlsType is still an answer
+        assert terminating.phase == "terminated" and terminating.tls_type == ""

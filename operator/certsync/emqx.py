@@ -6,7 +6,7 @@
           ├── EmqxUnauthorized        401: key or secret wrong
           ├── EmqxForbidden           403: the key may not touch this deployment
           ├── DeploymentNotFound      404 on a create: no such deployment
-          ├── TLSNotConfigured        404 on any other call, or a 200 without tlsType/status: "absent"
+          ├── TLSNotConfigured        404 on any other call, or a 200 with empty tlsType and status: "absent"
           ├── EmqxInvalidParameters   422: the remote refused the parameters
           ├── EmqxRateLimited         429 (also a RateLimitedError)
           ├── EmqxServerError         408 and 5xx (retryable); any other 4xx is an EmqxError refusal
@@ -100,7 +100,8 @@ class DeploymentTLSInfo:
 
     @classmethod
     def from_json(cls, data: Any) -> DeploymentTLSInfo:
-        if not isinstance(data, dict) or not _text(data.get("tlsType")) or not _text(data.get("status")):
+        # A status is required; tlsType may be empty (a `terminated` answer need not name one).
+        if not isinstance(data, dict) or not _text(data.get("status")):
             raise EmqxUnexpectedAnswer(200, f"unexpected answer: {short(data)}")
         expire_text = _text(data.get("expire"))
         return cls(
