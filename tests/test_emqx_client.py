@@ -305,7 +305,8 @@ async def test_dropped_connection_and_timeout_are_transport_errors(emqx: Emulato
         ("GET", 403, {"code": True, "message": "scope"}, api.EmqxForbidden, ""),
         ("GET", 429, {"code": 429}, api.EmqxRateLimited, "429"),
         ("GET", 500, b"<html>oops</html>", api.EmqxServerError, ""),
-        ("GET", 418, {"message": "teapot"}, api.EmqxServerError, ""),
+        ("GET", 418, {"message": "teapot"}, api.EmqxError, ""),  # a 4xx nobody documents: a refusal
+        ("GET", 408, None, api.EmqxServerError, ""),
     ],
 )
 def test_one_place_says_what_each_answer_means(
