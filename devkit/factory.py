@@ -14,12 +14,17 @@ NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 
+RSA_SIZES = {"rsa": 2048, "rsa1024": 1024, "rsa3072": 3072, "rsa4096": 4096}
+CURVES: dict[str, ec.EllipticCurve] = {"ec": ec.SECP256R1(), "p384": ec.SECP384R1(), "p521": ec.SECP521R1()}
+
+
 def make_key(kind: str = "ec") -> Key:
-    if kind == "rsa":
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    """`ec` (P-256), `p384`, `p521`, `rsa` (2048), `rsa1024`, `rsa3072`, `rsa4096` or `ed25519`."""
+    if kind in RSA_SIZES:
+        return rsa.generate_private_key(public_exponent=65537, key_size=RSA_SIZES[kind])
     if kind == "ed25519":
         return ed25519.Ed25519PrivateKey.generate()
-    return ec.generate_private_key(ec.SECP256R1())
+    return ec.generate_private_key(CURVES[kind])
 
 
 @dataclass

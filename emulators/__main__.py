@@ -32,6 +32,18 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--write-limit", type=int, default=6)
     e.add_argument("--window-seconds", type=float, default=3600.0)
     e.add_argument("--no-retry-after", action="store_true", help="answer 429 without Retry-After")
+    e.add_argument(
+        "--dialect",
+        action="append",
+        default=[],
+        choices=sorted(emqx.DIALECTS),
+        help="serve this alternate shape (repeatable): " + "; ".join(f"{k}: {v}" for k, v in emqx.DIALECTS.items()),
+    )
+    e.add_argument("--failing-deployment", action="append", default=[], help="a deployment whose writes end `failed`")
+    e.add_argument("--expire-offset-hours", type=float, default=0.0, help="write `expire` in UTC+H (8 for UTC+8)")
+    e.add_argument(
+        "--terminate-seconds", type=float, default=5.0, help="how long GET answers `terminated` (async-delete)"
+    )
 
     c = kinds.add_parser("cdn", help="CDN SSL API")
     c.add_argument("--host", default="127.0.0.1")
@@ -47,6 +59,13 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--rate-limit", type=int, default=20, help="SSL API calls per minute per account")
     c.add_argument("--failing", action="append", default=[], help="resource id or domain whose orders fail")
     c.add_argument("--broken-dns", action="append", default=[], help="domain whose wildcard order gets 480")
+    c.add_argument(
+        "--dialect",
+        action="append",
+        default=[],
+        choices=sorted(cdn.DIALECTS),
+        help="serve this alternate shape (repeatable): " + "; ".join(f"{k}: {v}" for k, v in cdn.DIALECTS.items()),
+    )
     return root
 
 
@@ -65,6 +84,10 @@ def build(args: argparse.Namespace) -> web.Application:
                     write_limit=args.write_limit,
                     window_seconds=args.window_seconds,
                     retry_after=not args.no_retry_after,
+                    dialects=frozenset(args.dialect),
+                    failing_deployments=frozenset(args.failing_deployment),
+                    expire_offset_hours=args.expire_offset_hours,
+                    terminate_seconds=args.terminate_seconds,
                 )
             )
         )
@@ -84,6 +107,7 @@ def build(args: argparse.Namespace) -> web.Application:
                 rate_limit=args.rate_limit,
                 failing=set(args.failing),
                 broken_dns=set(args.broken_dns),
+                dialects=frozenset(args.dialect),
             )
         )
     )

@@ -14,6 +14,9 @@ Project's choices where the provider says nothing: an API call with a
 missing, unknown or expired token answers HTTP 401; a token of another
 account answers 455; the SSL API allows `rate_limit` calls per minute per
 account and answers HTTP 429 beyond that.
+
+Dialects (`CdnConfig.dialects`, `--dialect NAME`, any combination) serve the
+other shapes the family's public material shows; see `DIALECTS`.
 """
 
 from __future__ import annotations
@@ -27,13 +30,23 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from certsync import pki
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from emulators import certs
 from emulators.common import EmulatorCore, SlidingLimit, control_routes, fault_middleware, json_response
+
+DIALECTS = {
+    "auth-token": "the token endpoint answers the token as `auth_token` instead of `token`",
+    "bare-login-errors": "401 and 403 of the token endpoint have no body at all",
+    "expired-405": "an API call with a missing, unknown or expired token answers HTTP 405 instead of 401",
+    "expired-455": "an API call with a missing, unknown or expired token answers the envelope 455 instead of 401",
+    "start-end": "certificate times come as `start`/`end` instead of `start_timestamp`/`end_timestamp`",
+    "string-times": 'certificate times are numeric strings ("1700000000") instead of numbers',
+    "get-object": "a get answers `data` as the certificate object instead of an array of one",
+}
 
 TOKEN_LIFETIME_S = 6 * 3600
 BAN_AFTER = 7
@@ -72,6 +85,13 @@ class CdnConfig:
     login_limit: int = 20
     failing: set[str] = field(default_factory=set)  # resource ids or domains whose orders fail
     broken_dns: set[str] = field(default_factory=set)  # wildcard domains answered with 480
+    dialects: frozenset[str] = frozenset()  # names from DIALECTS
+
+    def __post_init__(self) -> None:
+        unknown = set(self.dialects) - DIALECTS.keys()
+        if unknown:
+            raise ValueError(f"unknown CDN dialect(s) {sorted(unknown)}; known: {', '.join(DIALECTS)}")
+        self.dialects = frozenset(self.dialects)
 
 
 @dataclass
@@ -82,36 +102,40 @@ class StoredCertificate:
     comment: str
     chain: tuple[x509.Certificate, ...]
 
-    def as_json(self, details: bool) -> dict[str, Any]:
-        leaf = pki.certificate_facts(self.chain[0])
+    def as_json(self, details: bool, dialects: frozenset[str] = frozenset()) -> dict[str, Any]:
+        leaf = certs.describe(self.chain[0])
         data: dict[str, Any] = {
             "comment": self.comment,
             "seq": self.seq,
             "cn": leaf.subject_cn,
-            "alt": ", ".join(leaf.sans),
+            "alt": ", ".join(leaf.names),
             "issuer": leaf.issuer,
-            **_times(leaf.not_before, leaf.not_after),
+            **_times(leaf.not_before, leaf.not_after, dialects),
         }
         if details:
             data["chain_info"] = [
                 {
                     "subject_CN": f.subject_cn,
                     "issuer_CN": f.issuer_cn,
-                    **_times(f.not_before, f.not_after),
+                    **_times(f.not_before, f.not_after, dialects),
                     "fingerprint": f.sha1,
                     "serial": f.serial,
                 }
-                for f in (pki.certificate_facts(c) for c in self.chain)
+                for f in (certs.describe(c) for c in self.chain)
             ]
         return data
 
 
-def _times(start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
+def _times(start: dt.datetime, end: dt.datetime, dialects: frozenset[str]) -> dict[str, Any]:
+    names = ("start", "end") if "start-end" in dialects else ("start_timestamp", "end_timestamp")
+    values: list[int | str] = [int(start.timestamp()), int(end.timestamp())]
+    if "string-times" in dialects:
+        values = [str(v) for v in values]
     return {
-        "start_timestamp": int(start.timestamp()),
-        "end_timestamp": int(end.timestamp()),
-        "start_iso8601": pki.rfc3339(start),
-        "end_iso8601": pki.rfc3339(end),
+        names[0]: values[0],
+        names[1]: values[1],
+        "start_iso8601": certs.iso8601(start),
+        "end_iso8601": certs.iso8601(end),
     }
 
 
@@ -222,11 +246,11 @@ class CdnState:
 def _load_roots(data: bytes) -> list[x509.Certificate]:
     """Each parsable certificate of a bundle; the system store holds a few that newer cryptography frowns on."""
     roots = []
-    for block in pki.scan_pem(data).blocks:
+    for _, der in certs.read_pem(data.decode("utf-8", errors="replace")).blocks:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                roots.append(x509.load_der_x509_certificate(block.der))
+                roots.append(x509.load_der_x509_certificate(der))
             except ValueError:
                 continue
     return roots
@@ -243,19 +267,19 @@ def check_certificate(
     state: CdnState, certificate: str, private_key: str, operation: str, exclude_seq: int | None = None
 ) -> tuple[int, str] | tuple[x509.Certificate, ...]:
     """The provider's certificate checks in order; a (status, message) pair when one fails."""
-    scan = pki.scan_pem(certificate.encode())
+    scan = certs.read_pem(certificate)
     if scan.invalid_lines:
         code = 476 if operation == "add" else 477
-        return code, f"Certificate has {len(scan.invalid_lines)} invalid line(s)"
+        return code, f"Certificate has {scan.invalid_lines} invalid line(s)"
     try:
-        chain = pki.parse_certificates(certificate.encode())
-    except pki.CertificateProblem:
+        chain = certs.load_chain(certificate)
+    except ValueError:
         return 471, MESSAGES[471]
     try:
-        key = pki.parse_private_key(private_key.encode())
-    except pki.CertificateProblem:
+        key = certs.load_key(private_key)
+    except ValueError:
         return 472, MESSAGES[472]
-    if not pki.key_matches(chain[0], key):
+    if not certs.key_matches(chain[0], key):
         return 473, MESSAGES[473]
     if dt.datetime.fromtimestamp(state.core.now(), dt.UTC) >= chain[0].not_valid_after_utc:
         return 474, MESSAGES[474]
@@ -266,21 +290,21 @@ def check_certificate(
     if len(set(issuers)) != len(issuers):
         return 479, MESSAGES[479]
     for child, parent in itertools.pairwise(chain):
-        if not pki.signed_by(child, parent):
+        if not certs.signed_by(child, parent):
             if operation == "update":
                 return 476, "One of certificates is not signed by previous certificate in chain"
             return 471, MESSAGES[471]
     if not _trusted(state, chain[-1]):
         return 475, MESSAGES[475]
-    fingerprint = pki.certificate_facts(chain[0]).sha1
+    fingerprint = chain[0].fingerprint(hashes.SHA1())
     for stored in state.certificates.values():
-        if stored.seq != exclude_seq and pki.certificate_facts(stored.chain[0]).sha1 == fingerprint:
+        if stored.seq != exclude_seq and stored.chain[0].fingerprint(hashes.SHA1()) == fingerprint:
             return 459, MESSAGES[459]
     return chain
 
 
 def _trusted(state: CdnState, top: x509.Certificate) -> bool:
-    return any(top == root or (top.issuer == root.subject and pki.signed_by(top, root)) for root in state.trusted)
+    return any(top == root or (top.issuer == root.subject and certs.signed_by(top, root)) for root in state.trusted)
 
 
 def build_app(state: CdnState) -> web.Application:
@@ -293,17 +317,31 @@ def build_app(state: CdnState) -> web.Application:
         form = await request.post()
         username, password = str(form.get("username", "")), str(form.get("password", ""))
         if state.banned_until.get(username, 0) > core.now():
-            return json_response({"status": 403, "message": "account is banned for too many wrong passwords"}, 403)
+            return login_error(403, "account is banned for too many wrong passwords")
         if username != config.username or password != config.password:
             state.wrong_passwords[username] = state.wrong_passwords.get(username, 0) + 1
             if state.wrong_passwords[username] >= BAN_AFTER:
                 state.banned_until[username] = core.now() + BAN_SECONDS
                 state.wrong_passwords[username] = 0
-            return json_response({"status": 401, "message": "wrong username or password"}, 401)
+            return login_error(401, "wrong username or password")
         state.wrong_passwords.pop(username, None)
         value = secrets.token_hex(16)
         state.tokens[value] = (username, core.now() + TOKEN_LIFETIME_S)
-        return json_response({"person_id": 1, "status": 200, "token": value, "lifetime": TOKEN_LIFETIME_S * 1000})
+        field_name = "auth_token" if "auth-token" in config.dialects else "token"
+        return json_response({"person_id": 1, "status": 200, field_name: value, "lifetime": TOKEN_LIFETIME_S * 1000})
+
+    def login_error(status: int, message: str) -> web.Response:
+        if "bare-login-errors" in config.dialects:
+            return web.Response(status=status)
+        return json_response({"status": status, "message": message}, status)
+
+    def token_refused() -> web.Response:
+        """A missing, unknown or expired token, as this dialect answers it."""
+        if "expired-405" in config.dialects:
+            return json_response({"status": 405, "message": "token expired"}, 405)
+        if "expired-455" in config.dialects:
+            return envelope(455)
+        return json_response({"status": 401, "message": "invalid or expired token"}, 401)
 
     @web.middleware
     async def api_guard(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -311,7 +349,7 @@ def build_app(state: CdnState) -> web.Application:
             return await handler(request)  # type: ignore[no-any-return]
         held = state.tokens.get(request.headers.get("CDN-AUTH-TOKEN", ""))
         if held is None or held[1] <= core.now():
-            return json_response({"status": 401, "message": "invalid or expired token"}, 401)
+            return token_refused()
         if request.match_info.get("account") != config.account:
             return envelope(455)
         wait = state.limit.hit(config.account, core.now())
@@ -328,7 +366,7 @@ def build_app(state: CdnState) -> web.Application:
         return body if isinstance(body, dict) else None
 
     async def list_certificates(_: web.Request) -> web.Response:
-        shown = [c.as_json(False) for c in state.certificates.values() if not state.hidden.get(c.seq)]
+        shown = [c.as_json(False, config.dialects) for c in state.certificates.values() if not state.hidden.get(c.seq)]
         for seq in list(state.hidden):
             state.hidden[seq] -= 1
         return envelope(0, shown, "")
@@ -344,7 +382,8 @@ def build_app(state: CdnState) -> web.Application:
         stored = state.certificates.get(seq) if seq is not None else None
         if stored is None:
             return envelope(454)
-        return envelope(0, [stored.as_json("details" in request.query)], "")
+        answer = stored.as_json("details" in request.query, config.dialects)
+        return envelope(0, answer if "get-object" in config.dialects else [answer], "")
 
     async def add_certificate(request: web.Request) -> web.Response:
         body = await body_of(request)
@@ -431,12 +470,17 @@ def build_app(state: CdnState) -> web.Application:
             state.hidden[int(item["seq"])] = int(item.get("calls", 1))
         return json_response({"failing": sorted(config.failing), "brokenDns": sorted(config.broken_dns)})
 
+    async def describe_config(_: web.Request) -> web.Response:
+        """Control API: the dialect this emulator was started with."""
+        return json_response({"dialects": sorted(config.dialects)})
+
     app = web.Application(middlewares=[fault_middleware(core, lambda code: envelope(code)), api_guard])
     app.add_routes(control_routes(core, state.reset))
     prefix = "/app/ssl/v1/account/{account}"
     app.add_routes(
         [
             web.post("/_emulator/letsencrypt", control_letsencrypt),
+            web.get("/_emulator/config", describe_config),
             web.post("/app/oauth/v1/token/", token),
             web.get(prefix + "/certificate/", list_certificates),
             web.post(prefix + "/certificate/", add_certificate),

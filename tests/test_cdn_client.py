@@ -1,19 +1,42 @@
-"""The CDN client against its emulator on a loopback socket: auth, every API status code, Let's Encrypt."""
+"""The CDN client against its emulator on a loopback socket: auth, every API status code, Let's Encrypt.
+
+Every test runs once per dialect of the emulator in `DIALECT_SETS`: certificate
+times as `start_timestamp`/`end_timestamp` or `start`/`end`, numbers or numeric
+strings, `get` answering an array of one or the object. (The login dialects —
+`auth-token`, `bare-login-errors`, `expired-405`, `expired-455` — join the list
+with the client's authentication work; their emulator side is tested in
+test_emulator_dialects.py.)
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 
+import httpx
 import pytest
 from certsync import cdn as api
 from certsync import pki
 from certsync.remote import RateLimitedError, RetryPolicy, ServiceUnavailable, TransportError
 
 from devkit.factory import NOW, issue, three_level
+from emulators.cdn import CdnConfig
 from tests.conftest import CDN_PASSWORD, CDN_USER, Emulator
 
 LOGIN = "POST /app/oauth/v1/token/"
 LIST = "GET /app/ssl/v1/account/{account}/certificate/"
+DIALECT_SETS: dict[str, set[str]] = {
+    "seed": set(),
+    "start-end": {"start-end"},
+    "string-times+get-object": {"string-times", "get-object"},
+    "start-end+string-times+get-object": {"start-end", "string-times", "get-object"},
+}
+
+
+@pytest.fixture(params=list(DIALECT_SETS), ids=list(DIALECT_SETS))
+def cdn_config(cdn_config: CdnConfig, request: pytest.FixtureRequest) -> CdnConfig:
+    """The shared emulator configuration, speaking one dialect."""
+    cdn_config.dialects = frozenset(DIALECT_SETS[request.param])
+    return cdn_config
 
 
 async def no_sleep(_: float) -> None:
@@ -277,3 +300,61 @@ async def test_budget_of_20_per_minute_per_account(cdn: Emulator) -> None:
         assert refused.value.retry_after is not None and refused.value.retry_after <= 60
     assert cdn.counts()[LIST] == 20
     assert all(x.status == 200 for x in cdn.state.core.calls)
+
+
+CERTIFICATE = {"seq": 7, "comment": "c", "cn": "a.example", "alt": "a.example", "issuer": "CA"}
+
+
+@pytest.mark.parametrize(
+    ("times", "start", "end"),
+    [
+        ({"start_timestamp": 1655269983, "end_timestamp": 1689570782}, 1655269983, 1689570782),
+        ({"start": 1655269983, "end": 1689570782}, 1655269983, 1689570782),
+        ({"start": "1655269983", "end": " 1689570782 "}, 1655269983, 1689570782),
+        ({"start_timestamp": "1655269983", "end_timestamp": 1689570782.0}, 1655269983, 1689570782),
+        ({"start_timestamp": 1, "end_timestamp": 2, "start": 3, "end": 4}, 1, 2),  # the documented names win
+    ],
+)
+def test_certificate_times_in_every_shape(times: dict[str, object], start: int, end: int) -> None:
+    info = api.CdnCertificateInfo.from_json({**CERTIFICATE, **times})
+    assert (info.start_timestamp, info.end_timestamp) == (start, end)
+    link = api.ChainLink.from_json({"subject_CN": "a.example", **times})
+    assert (link.start_timestamp, link.end_timestamp) == (start, end)
+
+
+@pytest.mark.parametrize(
+    "times",
+    [{}, {"start_timestamp": 1}, {"start": "soon", "end": 2}, {"start": 1, "end": None}, {"start": 1, "end": True}],
+)
+def test_a_certificate_without_readable_times_is_an_unexpected_answer_never_zero(times: dict[str, object]) -> None:
+    with pytest.raises(api.CdnUnexpectedAnswer) as unexpected:
+        api.CdnCertificateInfo.from_json({**CERTIFICATE, **times})
+    assert unexpected.value.reason == "RemoteUnavailable"
+    with pytest.raises(api.CdnUnexpectedAnswer):
+        api.ChainLink.from_json({"subject_CN": "a.example", **times})
+
+
+@pytest.mark.parametrize(
+    ("data", "outcome"),
+    [
+        ([{**CERTIFICATE, "start": 1, "end": 2}], 7),
+        ({**CERTIFICATE, "start": 1, "end": 2}, 7),
+        ([], api.RecordNotFound),
+        (None, api.RecordNotFound),
+        ({"seq": "7"}, api.CdnUnexpectedAnswer),
+        ("seven", api.CdnUnexpectedAnswer),
+    ],
+)
+async def test_get_answers_data_as_an_array_of_one_or_the_object(data: object, outcome: object) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/token/"):
+            return httpx.Response(200, json={"person_id": 1, "status": 200, "token": "t", "lifetime": 21600000})
+        return httpx.Response(200, json={"status": 0, "message": "", "data": data})
+
+    where = api.CdnAccess("https://api.cdn.sber.cloud", "acct1", "u", "p")
+    async with api.CdnClient(transport=httpx.MockTransport(handler)) as c:
+        if isinstance(outcome, int):
+            assert (await c.get_certificate(where, 7)).seq == outcome
+        else:
+            with pytest.raises(outcome):  # type: ignore[call-overload]
+                await c.get_certificate(where, 7)

@@ -89,3 +89,43 @@ def test_a_ca_as_leaf_and_non_utf8_files_get_their_reasons(tmp_path: Path) -> No
     (tmp_path / "web.crt").write_bytes(chain.pem)
     result = run("--cert", str(tmp_path / "web.crt"), "--key", str(tmp_path / "bad.key"))
     assert result.returncode == 1 and f"InvalidSecret: {tmp_path / 'bad.key'} is not UTF-8 text" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("ed25519", "KeyTypeUnsupported"),
+        ("rsa4096", "KeyTypeUnsupported"),
+        ("p521", "KeyTypeUnsupported"),
+        ("10-days-left", "ValidityTooShort"),
+        ("rsa-under-ecdsa", "KeyAlgorithmMismatch"),
+    ],
+)
+def test_for_emqx_applies_what_emqx_requires(tmp_path: Path, case: str, reason: str) -> None:
+    now = dt.datetime.now(dt.UTC)
+    if case == "10-days-left":
+        cert = issue("mqtt.example.com", not_before=now - dt.timedelta(days=80), not_after=now + dt.timedelta(days=10))
+        cert_pem = cert.cert_pem
+    elif case == "rsa-under-ecdsa":
+        chain = three_level("mqtt.example.com", key_kind="rsa")
+        cert, cert_pem = chain.leaf, chain.pem
+    else:
+        cert = issue("mqtt.example.com", key_kind=case)
+        cert_pem = cert.cert_pem
+    path = manifest(tmp_path / "s.yaml", cert_pem, cert.key_pem())
+    for others in ([], ["--for", "cdn"]):  # nothing else minds
+        passed = run(str(path), *others)
+        assert passed.returncode == 0 and "web-tls: Valid:" in passed.stdout, passed.stdout + passed.stderr
+    refused = run(str(path), "--for", "emqx")
+    assert refused.returncode == 1 and refused.stdout.startswith(f"web-tls: {reason}: Secret 'web-tls': ")
+    if reason == "ValidityTooShort":
+        assert "EMQX Cloud refuses certificates within 60 days of expiry" in refused.stdout
+        assert "too short since " + (now - dt.timedelta(days=50)).strftime("%Y-%m-%d") in refused.stdout
+    assert cert.key_pem().decode().splitlines()[1] not in refused.stdout + refused.stderr
+
+
+def test_for_takes_only_known_destinations(tmp_path: Path) -> None:
+    chain = three_level("web.example.com")
+    path = manifest(tmp_path / "s.yaml", chain.pem, chain.leaf.key_pem())
+    assert run(str(path), "--for", "emqx").returncode == 0
+    assert run(str(path), "--for", "nowhere").returncode == 2

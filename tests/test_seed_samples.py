@@ -107,3 +107,20 @@ def test_seed_certificate_object_and_chain_info_parse() -> None:
     assert info.alt == ("*.cdn.sber.cloud", "cdn.sber.cloud") and info.covers(["cdn.sber.cloud"])
     assert info.leaf_fingerprint == "22:C2:D3:6B:6B:EE:AF:D3:1C:61:0A:0A:87:D4:92:F4:83:BE:9B:6A"
     assert info.chain_info is not None and info.chain_info[1].serial == ""
+
+
+async def test_the_shapes_providers_md_adds_parse() -> None:
+    """providers.md, "What EMQX's public material adds" and "What the family's public material adds"."""
+    with_cn = {"tlsType": "one-way", "expire": "2034-05-22 02:43:21", "status": "failed", "cn": "mqtt.example.com"}
+    info = emqx.DeploymentTLSInfo.from_json(with_cn)
+    assert info.cn == "mqtt.example.com" and info.phase == "failed" and info.expire_text == "2034-05-22 02:43:21"
+    assert emqx.DeploymentTLSInfo.from_json({**with_cn, "status": "terminated"}).phase == "terminated"
+    assert emqx.DeploymentTLSInfo.is_absent({}) and not emqx.DeploymentTLSInfo.is_absent(with_cn)
+    string_code = httpx.Response(404, json={"code": "404", "message": "not found"})
+    assert emqx.error_for("GET", string_code).remote_code == "404"
+    assert isinstance(emqx.error_for("POST", string_code), emqx.DeploymentNotFound)
+    older = {"seq": 1, "cn": "*.cdn.sber.cloud", "start": 1655269983, "end": 1689570782}
+    assert cdn.CdnCertificateInfo.from_json(older).end_timestamp == 1689570782
+    access = cdn.CdnAccess("https://api.cdn.sber.cloud", "zpylkbwv", "u", "p")
+    async with cdn.CdnClient(transport=transport_answering({"status": 0, "message": "", "data": older})) as client:
+        assert (await client.get_certificate(access, 1)).start_timestamp == 1655269983

@@ -10,7 +10,8 @@
           ├── CertificateExists 459
           ├── CertificateRejected 471-478 and 479 on certificate calls (narrowed per code)
           ├── DomainInUse 479 and DnsIncorrect 480 on Let's Encrypt calls, TaskExists 489
-          └── CdnInternalError 550 (retryable)
+          ├── CdnInternalError 550 (retryable)
+          └── CdnUnexpectedAnswer     an answer the client cannot read (a certificate without times…)
 
 Every answer is HTTP 200 with `{"status", "message", "data"}`; the envelope is
 parsed once, in `_envelope`. 476 and 477 mean different things on add and
@@ -32,6 +33,11 @@ Logins cannot ban the account (7 wrong passwords ban it for 3 hours):
 
 Every text taken from an answer goes through a `Scrubber` that knows the
 call's secrets (password, token, certificate and key sent).
+
+Certificate times are read from `start_timestamp`/`end_timestamp` or, as older
+documentation and public clients have them, `start`/`end` (numbers or numeric
+strings); a certificate without them is an unexpected answer, never a time of 0.
+`get` may answer `data` as a one-element array or as the object itself.
 """
 
 from __future__ import annotations
@@ -111,12 +117,14 @@ class ChainLink:
     serial: str
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ChainLink:
+    def from_json(cls, data: Any) -> ChainLink:
+        if not isinstance(data, dict):
+            raise CdnUnexpectedAnswer(0, f"unexpected chain_info entry: {short(data)}")
         return cls(
             subject_cn=str(data.get("subject_CN", "")),
             issuer_cn=str(data.get("issuer_CN", "")),
-            start_timestamp=int(data.get("start_timestamp", 0)),
-            end_timestamp=int(data.get("end_timestamp", 0)),
+            start_timestamp=timestamp(data, "start"),
+            end_timestamp=timestamp(data, "end"),
             fingerprint=str(data.get("fingerprint", "")).upper(),
             serial=str(data.get("serial", "")).upper(),
         )
@@ -135,8 +143,8 @@ class CdnCertificateInfo:
 
     @classmethod
     def from_json(cls, data: Any, scrubber: Scrubber = GENERIC) -> CdnCertificateInfo:
-        if not isinstance(data, dict) or "seq" not in data:
-            raise CdnInternalError(0, f"unexpected certificate object: {short(data, scrubber)}")
+        if not isinstance(data, dict) or not _is_int(data.get("seq")):
+            raise CdnUnexpectedAnswer(0, f"unexpected certificate object: {short(data, scrubber)}")
         chain = data.get("chain_info")
         return cls(
             seq=int(data["seq"]),
@@ -144,8 +152,8 @@ class CdnCertificateInfo:
             cn=str(data.get("cn", "")),
             alt=tuple(a.strip() for a in str(data.get("alt", "")).split(",") if a.strip()),
             issuer=str(data.get("issuer", "")),
-            start_timestamp=int(data.get("start_timestamp", 0)),
-            end_timestamp=int(data.get("end_timestamp", 0)),
+            start_timestamp=timestamp(data, "start"),
+            end_timestamp=timestamp(data, "end"),
             chain_info=tuple(ChainLink.from_json(c) for c in chain) if isinstance(chain, list) else None,
         )
 
@@ -156,6 +164,26 @@ class CdnCertificateInfo:
     def covers(self, domains: Iterable[str]) -> bool:
         names = {self.cn.lower(), *(a.lower() for a in self.alt)}
         return all(d.lower() in names for d in domains)
+
+
+def timestamp(data: dict[str, Any], which: Literal["start", "end"]) -> int:
+    """Unix seconds from `<which>_timestamp` or `<which>`, a number or a numeric string; missing is an error."""
+    for name in (f"{which}_timestamp", which):
+        value = data.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and value.strip():
+            try:
+                return int(float(value.strip()))
+            except ValueError:
+                raise CdnUnexpectedAnswer(0, f"certificate time {name} is not a number: {short(value)}") from None
+    raise CdnUnexpectedAnswer(0, f"certificate without {which}_timestamp or {which}: {short(sorted(data))}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -264,6 +292,11 @@ class TaskExists(CdnApiError):
 class CdnInternalError(CdnApiError):
     reason = "RemoteUnavailable"
     retryable = True
+
+
+class CdnUnexpectedAnswer(CdnInternalError):
+    """An answer in no shape the client knows (status 0: not the provider's code). Retryable like a 550;
+    the caller decides when a repeated one is worth a person's look."""
 
 
 _COMMON: dict[int, type[CdnApiError]] = {
@@ -676,7 +709,7 @@ def _list(data: Any) -> list[Any]:
     if data is None:
         return []
     if not isinstance(data, list):
-        raise CdnInternalError(0, "expected a list of certificates")
+        raise CdnUnexpectedAnswer(0, "expected a list of certificates")
     return data
 
 

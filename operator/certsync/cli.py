@@ -151,12 +151,18 @@ def check(argv: Sequence[str]) -> int:
     parser.add_argument("manifest", nargs="?", type=Path, help="a YAML file with one or more kubernetes.io/tls Secrets")
     parser.add_argument("--cert", type=Path, help="PEM chain (tls.crt), with --key")
     parser.add_argument("--key", type=Path, help="PEM private key (tls.key), with --cert")
+    parser.add_argument(
+        "--for",
+        dest="destination",
+        choices=pki.DESTINATIONS,
+        help="also apply what this remote requires (emqx: key types, key algorithm of the issuer, 60 days left)",
+    )
     args = parser.parse_args(argv)
     if bool(args.manifest) == bool(args.cert or args.key) or bool(args.cert) != bool(args.key):
         parser.error("give either a manifest, or both --cert and --key")
     now = dt.datetime.now(dt.UTC)
     if args.cert:
-        return _check_files(args.cert, args.key, now)
+        return _check_files(args.cert, args.key, now, args.destination)
     secrets: list[tuple[str, rc.SecretView]] = []
     try:
         for doc in yaml.safe_load_all(args.manifest.read_text()):
@@ -170,7 +176,7 @@ def check(argv: Sequence[str]) -> int:
         return 2
     failed = 0
     for name, secret in secrets:
-        result = rc.check_tls_secret(name, secret, now)
+        result = _check_for(name, secret, now, args.destination)
         if isinstance(result, rc.Problem):
             failed += 1
             print(f"{name}: {result.reason}: {result.message}")
@@ -179,7 +185,7 @@ def check(argv: Sequence[str]) -> int:
     return 1 if failed else 0
 
 
-def _check_files(cert: Path, key: Path, now: dt.datetime) -> int:
+def _check_files(cert: Path, key: Path, now: dt.datetime, destination: pki.Destination | None) -> int:
     """PEM files: the operator's checks, with messages that name the files (not a Secret)."""
     try:
         cert_pem, key_pem = cert.read_bytes(), key.read_bytes()
@@ -188,6 +194,8 @@ def _check_files(cert: Path, key: Path, now: dt.datetime) -> int:
         return 2
     try:
         bundle = pki.validate_tls(cert_pem, key_pem, now, cert_source=str(cert), key_source=str(key))
+        if destination is not None:
+            pki.check_destination(bundle, destination, now)
     except pki.CertificateProblem as problem:
         print(f"{cert}: {problem.reason}: {problem.message}")
         return 1
@@ -198,6 +206,20 @@ def _check_files(cert: Path, key: Path, now: dt.datetime) -> int:
 def _print_valid(name: str, bundle: pki.TLSBundle) -> None:
     leaf = bundle.leaf
     print(f"{name}: Valid: CN {leaf.subject_cn!r}, expires {pki.rfc3339(leaf.not_after)}, SHA-256 {leaf.sha256}")
+
+
+def _check_for(
+    name: str, secret: rc.SecretView, now: dt.datetime, destination: pki.Destination | None
+) -> rc.TLSMaterial | rc.Problem:
+    """The operator's checks, then the destination's own: the same order, reasons and messages as its controller."""
+    result = rc.check_tls_secret(name, secret, now)
+    if isinstance(result, rc.Problem) or destination is None:
+        return result
+    try:
+        pki.check_destination(result.bundle, destination, now)
+    except pki.CertificateProblem as problem:
+        return rc.Problem(problem.reason, f"Secret {name!r}: {problem.message}")
+    return result
 
 
 def _secret_view(doc: dict[str, Any]) -> rc.SecretView:

@@ -2,13 +2,20 @@
 
     RemoteError (remote.py)
      └── EmqxError
+          ├── EmqxBadRequest          400: the remote called the request invalid (not retried)
           ├── EmqxUnauthorized        401: key or secret wrong
           ├── EmqxForbidden           403: the key may not touch this deployment
-          ├── DeploymentNotFound      404: no such deployment
-          ├── TLSNotConfigured        404: the deployment has no custom TLS (project's choice)
+          ├── DeploymentNotFound      404 on a create: no such deployment
+          ├── TLSNotConfigured        404 on any other call, or a 200 with empty tlsType and status: "absent"
           ├── EmqxInvalidParameters   422: the remote refused the parameters
           ├── EmqxRateLimited         429 (also a RateLimitedError)
-          └── EmqxServerError         5xx and unexpected answers
+          ├── EmqxServerError         408 and 5xx (retryable); any other 4xx is an EmqxError refusal
+          └── EmqxUnexpectedAnswer    a 2xx the client cannot read (retryable)
+
+What a status code means is decided in one place, `error_for`. As EMQ's own
+Terraform provider does, "absent" is any GET 404 or an empty 200 (`{}`); only
+a 404 on a create says that the deployment itself is missing (providers.md).
+`status` passes through as the remote's string; `phase()` classifies it.
 
 Every call passes through the shared rate budget first: 60 reads and 6
 writes per hour per endpoint and deployment (providers.md). Every text taken
@@ -21,10 +28,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import httpx
 
@@ -52,8 +58,12 @@ from certsync.scrub import GENERIC, Scrubber, basic_credentials
 
 T = TypeVar("T")
 TLSType = Literal["one-way", "two-way"]
-RemoteStatus = Literal["pending", "running"]
-NO_TLS_PATTERN = re.compile(r"no tls|tls is not configured|not configured", re.IGNORECASE)
+Phase = Literal["pending", "running", "failed", "terminated", "unknown"]
+STATUS_PENDING: Final = "pending"  # being applied: poll again
+STATUS_RUNNING: Final = "running"  # applied
+STATUS_FAILED: Final = "failed"  # terminal: the certificate was not applied
+STATUS_TERMINATED: Final = "terminated"  # an asynchronous delete is being applied: wait, never create meanwhile
+KNOWN_STATUSES: tuple[Phase, ...] = (STATUS_PENDING, STATUS_RUNNING, STATUS_FAILED, STATUS_TERMINATED)
 EXPIRE_FORMAT = "%Y-%m-%d %H:%M:%S"
 CALLS = {"GET": "get_tls", "POST": "create_tls", "PUT": "update_tls", "DELETE": "delete_tls"}
 
@@ -71,21 +81,53 @@ class EmqxAccess:
         return (self.api_secret, basic_credentials(self.api_key, self.api_secret))
 
 
+def phase(status: str) -> Phase:
+    """What a remote status means to the operator; anything not documented is `unknown`."""
+    normalised = status.strip().lower()
+    for known in KNOWN_STATUSES:
+        if normalised == known:
+            return known
+    return "unknown"
+
+
 @dataclass(frozen=True)
 class DeploymentTLSInfo:
+    """One answer about a deployment's TLS. `expire` is an observation only: its zone is undocumented."""
+
     tls_type: str
-    expire: dt.datetime | None  # the remote gives no zone; read as UTC
-    status: str
+    expire: dt.datetime | None  # the remote gives no zone; read as UTC (it may well be UTC+8)
+    status: str  # the remote's own word, passed through; see `phase`
+    cn: str = ""  # the certificate's common name, when the remote says it
+    expire_text: str = ""  # `expire` exactly as the remote wrote it, to compare with a later answer
+    message: str = ""  # the remote's short message beside a status (e.g. why it `failed`), cut short
+
+    @property
+    def phase(self) -> Phase:
+        return phase(self.status)
+
+    @staticmethod
+    def is_absent(data: Any) -> bool:
+        """A 200 with empty (or missing) `tlsType` and `status` means "no TLS configured" (EMQ's own reading)."""
+        return isinstance(data, dict) and not _text(data.get("tlsType")) and not _text(data.get("status"))
 
     @classmethod
     def from_json(cls, data: Any, scrubber: Scrubber = GENERIC) -> DeploymentTLSInfo:
-        if not isinstance(data, dict) or not {"tlsType", "status"} <= data.keys():
+        # A status is required; tlsType may be empty (a `terminated` answer need not name one).
+        if not isinstance(data, dict) or not _text(data.get("status")):
             raise EmqxUnexpectedAnswer(200, f"unexpected answer: {short(data, scrubber)}")
+        expire_text = _text(data.get("expire"))
         return cls(
-            tls_type=str(data["tlsType"]),
-            expire=parse_expire(data.get("expire")),
-            status=str(data["status"]).strip(),
+            tls_type=_text(data["tlsType"]),
+            expire=parse_expire(expire_text),
+            status=_text(data["status"]),
+            cn=_text(data.get("cn")),
+            expire_text=expire_text,
+            message=short(_text(data.get("message")), scrubber),
         )
+
+
+def _text(value: object) -> str:
+    return value.strip() if isinstance(value, str) else ""
 
 
 def parse_expire(value: object) -> dt.datetime | None:
@@ -97,11 +139,14 @@ def parse_expire(value: object) -> dt.datetime | None:
         return None
 
 
-def format_expire(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime(EXPIRE_FORMAT)
-
-
 class EmqxError(RemoteStatusError):
+    reason = "RemoteRejected"
+    remote_code: str = ""  # the body's `code`, a number or a string on the wire, kept as text
+
+
+class EmqxBadRequest(EmqxError):
+    """400: the remote found the request itself invalid; the same request would fail again."""
+
     reason = "RemoteRejected"
 
 
@@ -141,26 +186,47 @@ class EmqxUnexpectedAnswer(EmqxError):
 
 
 _BY_STATUS: dict[int, type[EmqxError]] = {
+    400: EmqxBadRequest,
     401: EmqxUnauthorized,
     403: EmqxForbidden,
+    404: TLSNotConfigured,
     422: EmqxInvalidParameters,
     429: EmqxRateLimited,
 }
+_BY_METHOD_AND_STATUS: dict[tuple[str, int], type[EmqxError]] = {
+    ("POST", 404): DeploymentNotFound,  # a create is the only call whose 404 means the deployment is missing
+}
 
 
-def error_for(response: httpx.Response, retry_after: float | None, scrubber: Scrubber = GENERIC) -> EmqxError:
-    """The typed error of a refusal; its message is the remote's, scrubbed of the call's secrets, then cut."""
+def error_for(
+    method: str, response: httpx.Response, retry_after: float | None = None, scrubber: Scrubber = GENERIC
+) -> EmqxError:
+    """The one place that says what an EMQX HTTP answer means; the body only adds a message and a code."""
+    message, code = _message_and_code(response, scrubber)
+    status = response.status_code
+    cls = (
+        _BY_METHOD_AND_STATUS.get((method, status))
+        or _BY_STATUS.get(status)
+        or (EmqxServerError if retryable_status(status) else EmqxError)
+    )
+    error = cls(status, message or response.reason_phrase or str(status), retry_after=retry_after)
+    error.remote_code = code
+    return error
+
+
+def _message_and_code(response: httpx.Response, scrubber: Scrubber) -> tuple[str, str]:
+    """The error body's message and `code` (int or string); a missing or non-JSON body gives what there is."""
+    if not response.content:
+        return "", ""
     try:
         body = response.json()
-        message = short(body.get("message", ""), scrubber) if isinstance(body, dict) else short(body, scrubber)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        message = short(response.text, scrubber) if response.text else response.reason_phrase
-    status = response.status_code
-    if status == 404:
-        cls: type[EmqxError] = TLSNotConfigured if NO_TLS_PATTERN.search(message) else DeploymentNotFound
-    else:
-        cls = _BY_STATUS.get(status) or (EmqxServerError if retryable_status(status) else EmqxError)
-    return cls(status, message or response.reason_phrase, retry_after=retry_after)
+        return short(response.text, scrubber), ""
+    if not isinstance(body, dict):
+        return short(body, scrubber), ""
+    code = body.get("code")
+    code_text = str(code).strip() if isinstance(code, int | str) and not isinstance(code, bool) else ""
+    return short(body.get("message") or "", scrubber), code_text
 
 
 class EmqxClient:
@@ -235,10 +301,11 @@ class EmqxClient:
         retry_after = None
         if response.status_code == 429:
             retry_after = self.gate.rate_limited(scope, window, parse_retry_after(response.headers.get("Retry-After")))
-        raise error_for(response, retry_after, scrubber)
+        raise error_for(method, response, retry_after, scrubber)
 
     async def get_tls(self, access: EmqxAccess, deployment_id: str) -> DeploymentTLSInfo:
-        return await self._call(access, "GET", deployment_id, None, _info)
+        """The deployment's TLS; `TLSNotConfigured` when it has none (any 404, or an empty 200)."""
+        return await self._call(access, "GET", deployment_id, None, _info_or_absent)
 
     async def create_tls(
         self, access: EmqxAccess, deployment_id: str, tls_type: str, cert: str, key: str, cacert: str | None = None
@@ -256,6 +323,13 @@ class EmqxClient:
 
 def _info(response: httpx.Response, scrubber: Scrubber) -> DeploymentTLSInfo:
     return DeploymentTLSInfo.from_json(_json(response), scrubber)
+
+
+def _info_or_absent(response: httpx.Response, scrubber: Scrubber) -> DeploymentTLSInfo:
+    data = _json(response)
+    if DeploymentTLSInfo.is_absent(data):
+        raise TLSNotConfigured(response.status_code, "no TLS configured (empty answer)")
+    return DeploymentTLSInfo.from_json(data, scrubber)
 
 
 def _nothing(response: httpx.Response, scrubber: Scrubber) -> None:

@@ -22,6 +22,7 @@ import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -494,3 +495,108 @@ def certificates_digest(data: bytes, what: str = "client CA") -> str:
 
 def from_timestamp(seconds: int | float) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.UTC)
+
+
+# --- what each destination adds ----------------------------------------------------------------
+# EMQX Cloud refuses (422) what its TLS/SSL docs rule out (providers.md, "What EMQX's public material
+# adds"). Checking offline saves a write of the 6 an hour and gives the user a reason of its own.
+# These checks run after the common ones (`TLS_CHECKS`), so a bundle reaching them is consistent.
+
+Destination = Literal["emqx", "cdn"]
+DESTINATIONS: tuple[Destination, ...] = ("emqx", "cdn")
+EMQX_RSA_SIZES = (1024, 2048)
+EMQX_CURVES = ("secp256r1", "secp384r1")
+CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+EMQX_MIN_REMAINING = dt.timedelta(days=60)
+
+
+class KeyTypeUnsupported(CertificateProblem):
+    reason = "KeyTypeUnsupported"
+
+
+class KeyAlgorithmMismatch(CertificateProblem):
+    reason = "KeyAlgorithmMismatch"
+
+
+class ValidityTooShort(CertificateProblem):
+    reason = "ValidityTooShort"
+
+
+def describe_key(key: object) -> str:
+    """`RSA-2048`, `ECDSA P-256`, `Ed25519`: enough to say what was found, nothing of the key itself."""
+    if isinstance(key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
+        return f"RSA-{key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
+        return f"ECDSA {CURVE_NAMES.get(key.curve.name, key.curve.name)}"
+    if isinstance(key, ed25519.Ed25519PublicKey | ed25519.Ed25519PrivateKey):
+        return "Ed25519"
+    return type(key).__name__.removeprefix("_")
+
+
+def _key_family(key: object) -> str:
+    if isinstance(key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
+        return "RSA"
+    if isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
+        return "ECDSA"
+    return describe_key(key)
+
+
+def check_emqx_key_type(bundle: TLSBundle, now: dt.datetime) -> None:
+    key = bundle.key
+    supported = (isinstance(key, rsa.RSAPrivateKey) and key.key_size in EMQX_RSA_SIZES) or (
+        isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name in EMQX_CURVES
+    )
+    if not supported:
+        raise KeyTypeUnsupported(
+            f"tls.key is {describe_key(key)}; EMQX Cloud accepts only RSA 1024 or 2048 bits, "
+            "or ECDSA P-256 or P-384 keys"
+        )
+
+
+def check_emqx_key_algorithm_matches_issuer(bundle: TLSBundle, now: dt.datetime) -> None:
+    """The leaf's key algorithm must be its issuer's (RSA under RSA, ECDSA under ECDSA) when the issuer is sent."""
+    leaf = bundle.chain[0]
+    issuer = next((c for c in bundle.chain[1:] if c.subject == leaf.issuer), None)
+    if issuer is None:
+        return
+    leaf_family, issuer_family = _key_family(leaf.public_key()), _key_family(issuer.public_key())
+    if leaf_family != issuer_family:
+        raise KeyAlgorithmMismatch(
+            f"the leaf certificate (CN {bundle.leaf.subject_cn!r}) has an {leaf_family} key but its issuer "
+            f"(CN {_name_cn(issuer.subject)!r}) has an {issuer_family} key; EMQX Cloud needs the leaf's key "
+            "algorithm to match the signing CA's"
+        )
+
+
+def check_emqx_remaining_validity(bundle: TLSBundle, now: dt.datetime) -> None:
+    leaf = bundle.leaf
+    too_short_since = leaf.not_after - EMQX_MIN_REMAINING
+    if now >= too_short_since:
+        raise ValidityTooShort(
+            f"the leaf certificate (CN {leaf.subject_cn!r}) expires at {rfc3339(leaf.not_after)}; EMQX Cloud "
+            f"refuses certificates within {EMQX_MIN_REMAINING.days} days of expiry, so it has been too short "
+            f"since {rfc3339(too_short_since)}: renew it earlier (cert-manager: a renewBefore of more than "
+            f"{EMQX_MIN_REMAINING.days} days)"
+        )
+
+
+# `check_leaf_valid_now` (in TLS_CHECKS) already refuses a certificate before its notBefore, as EMQX does.
+DESTINATION_CHECKS: dict[Destination, tuple[Check, ...]] = {
+    "emqx": (check_emqx_key_type, check_emqx_key_algorithm_matches_issuer, check_emqx_remaining_validity),
+    "cdn": (),  # the CDN's own refusals (untrusted root, duplicate subjects…) depend on its state, not offline facts
+}
+
+
+def checks_for(destination: Destination) -> tuple[Check, ...]:
+    """Every check an upload to `destination` must pass: the common ones, then the destination's own."""
+    return (*TLS_CHECKS, *DESTINATION_CHECKS[destination])
+
+
+def check_destination(bundle: TLSBundle, destination: Destination, now: dt.datetime) -> None:
+    """Only the destination's own checks, for a bundle that already passed `validate_tls`."""
+    for check in DESTINATION_CHECKS[destination]:
+        check(bundle, now)
+
+
+EMQX_CHECKS: tuple[Check, ...] = checks_for("emqx")  # for `validate_tls(..., checks=pki.EMQX_CHECKS)`
+CDN_CHECKS: tuple[Check, ...] = checks_for("cdn")

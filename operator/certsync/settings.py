@@ -10,7 +10,16 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-DEFAULT_ALLOWED = ("https://api.cdn.sber.cloud/",)
+# The known hosts of both families (providers.md), https only. EMQX: the international console's
+# platform API (its path is part of the base URL). CDN: Sber Cloud CDN and the family's white-label hosts.
+EMQX_HOSTS = ("https://cloud-intl.emqx.com/public_api/",)
+CDN_HOSTS = (
+    "https://api.cdn.sber.cloud/",
+    "https://api.cdnvideo.ru/",
+    "https://api.cdn.beeline.ru/",
+    "https://apicdn.rcloud.ru/",
+)
+DEFAULT_ALLOWED = (*CDN_HOSTS, *EMQX_HOSTS)
 DEFAULT_METRICS_BIND = "0.0.0.0"  # in a pod the kubelet's probes and Prometheus come from outside the pod
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _DEFAULT_PORTS = {"https": 443, "http": 80}
