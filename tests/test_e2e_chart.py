@@ -121,3 +121,15 @@ def test_helm_install_runs_the_operator_to_ready_and_uninstall_keeps_crds_and_re
         kube.kubectl("get", f"crd/{crd}.certsync.io")  # kept (helm.sh/resource-policy: keep)
     kube.kubectl("get", "deploymenttls/broker", "-n", namespace)
     assert kube.kubectl("get", "serviceaccount", "cs-e2e-certsync", "-n", release_ns, check=False).returncode != 0
+
+
+def test_crds_apply_on_their_own_and_deleting_deploy_leaves_them(kube: Kube, operator_kubeconfig: Path) -> None:
+    """The README's kustomize commands: `kubectl apply -f crds/` (again: idempotent), `kubectl wait -f crds/`,
+    and what `kubectl delete -k deploy/` would delete (asked with a server-side dry run: other tests use deploy/)."""
+    crds = str(CHART.parents[1] / "crds")
+    kube.kubectl("apply", "-f", crds)
+    kube.kubectl("wait", "--for=condition=Established", "-f", crds, "--timeout=60s")
+    for target in ("deploy", "deploy/overlays/single-namespace"):
+        doomed = kube.kubectl("delete", "-k", str(CHART.parents[1] / target), "--dry-run=server", "-o", "name").stdout
+        assert "clusterrole" in doomed or "role.rbac" in doomed, doomed  # the dry run does list what goes
+        assert "customresourcedefinition" not in doomed, doomed
