@@ -31,7 +31,7 @@ def deploy_documents(*parts: str) -> list[dict[str, Any]]:
     ("values", "complaint"),
     [
         (["--set", "namespaces.mode=namespaces"], "namespaces"),
-        (["--set", "namespaces.mode=some"], "namespaces.mode"),
+        (["--set", "namespaces.mode=some"], "/namespaces/mode"),
         (["--set", "image.digest=latest"], "digest"),
         (["--set", "replicas=0"], "replicas"),
         (["--set", "settings.logFormat=xml"], "logFormat"),
