@@ -12,8 +12,11 @@ ARG PIP_CERT
 RUN python3 -m venv /opt/certsync
 COPY pyproject.toml README.md /src/
 COPY operator /src/operator
+# pip is not needed at run time, nor the asyncio copy of the Kubernetes client (~70 MB with its bytecode),
+# which neither certsync nor kopf imports.
 RUN /opt/certsync/bin/pip install --no-cache-dir --disable-pip-version-check /src \
- && /opt/certsync/bin/pip uninstall --yes pip
+ && /opt/certsync/bin/pip uninstall --yes pip \
+ && rm -rf /opt/certsync/lib/python3*/site-packages/kubernetes/aio
 
 FROM ${BASE}
 # A fixed non-root uid with a passwd entry (some libraries ask for the user's name), no home, no shell.

@@ -65,7 +65,11 @@ def test_rendered_chart_is_accepted_by_the_api_server(kube: Kube, namespace: str
     text = template("dry", namespace, *values)
     kinds = {doc["kind"] for doc in yaml.safe_load_all(text) if doc}
     # an invalid object is refused: the check can fail
-    broken = text.replace("kind: Deployment", "kind: Deployment\nbogusField: 1", 1)
+    documents = [doc for doc in yaml.safe_load_all(text) if doc]
+    for doc in documents:
+        if doc["kind"] == "Deployment":
+            doc["spec"]["bogusField"] = 1
+    broken = yaml.safe_dump_all(documents)
     refused = kube.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-", input=broken, check=False)
     assert refused.returncode != 0 and "bogusField" in refused.stderr
     applied = kube.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-", input=text)
