@@ -24,7 +24,7 @@ from tests.test_e2e_deploymenttls import dtls, emqx_inputs
 pytestmark = pytest.mark.e2e
 
 IMAGE_TOOL = REPO / "hack" / "image"
-MAX_SIZE_MB = 320  # a Debian minbase with python3 (~110 MB) and the virtual environment (~190 MB)
+MAX_SIZE_MB = 320  # a Debian minbase with python3 (~175 MB) and the virtual environment (~125 MB)
 
 
 @pytest.fixture(scope="session")
