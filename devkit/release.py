@@ -25,6 +25,7 @@ def helm(*args: str, check: bool = True, kubeconfig: Path | None = None) -> subp
         "HELM_CACHE_HOME": str(home / "cache"),
         "HELM_CONFIG_HOME": str(home / "config"),
         "HELM_DATA_HOME": str(home / "data"),
+        "HOME": str(home),  # its Kubernetes client caches discovery under $HOME/.kube
         "PATH": "/usr/bin:/bin",
     }
     command = [str(tool("helm")), *args] + (["--kubeconfig", str(kubeconfig)] if kubeconfig else [])
