@@ -82,7 +82,8 @@ def test_rbac_is_deploys_in_both_modes() -> None:
 
 def test_crds_are_those_of_crds_folder_kept_on_uninstall_and_can_be_left_out() -> None:
     for path in sorted((REPO / "crds").glob("*.yaml")):
-        assert (CHART / "files" / "crds" / path.name).read_bytes() == path.read_bytes(), path.name
+        copy = CHART / "files" / "crds" / path.name
+        assert copy.read_bytes() == path.read_bytes(), f"cp crds/{path.name} {copy.relative_to(REPO)}"
     assert not list((REPO / "crds").glob("kustomization.*")), "kubectl apply -f crds/ must see only CRDs"
     rendered = {c["metadata"]["name"]: c for c in find(render(), "CustomResourceDefinition")}
     for path in (REPO / "crds").glob("*.yaml"):
