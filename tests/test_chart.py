@@ -96,6 +96,7 @@ def test_crds_are_those_of_crds_folder_kept_on_uninstall_and_can_be_left_out() -
 
 def test_every_operator_setting_can_be_set_from_values() -> None:
     names = set(re.findall(r'"(CERTSYNC_[A-Z_]+)"', (REPO / "operator" / "certsync" / "settings.py").read_text()))
+    names -= {n for n in names if n.startswith("CERTSYNC_DEBUG_")}  # test hooks, never in a cluster
     [deployment] = find(render("--set", "settings.leaseNamespace=elsewhere"), "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e["value"] for e in container["env"]}
@@ -104,6 +105,13 @@ def test_every_operator_setting_can_be_set_from_values() -> None:
     assert env["CERTSYNC_ALLOWED_ENDPOINTS"] == ""  # nothing allowed until the user names endpoints
     assert container["ports"] == [{"name": "metrics", "containerPort": int(env["CERTSYNC_METRICS_PORT"])}]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    deploy_container = deploy_documents("base", "deployment.yaml")[0]["spec"]["template"]["spec"]["containers"][0]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe] == deploy_container[probe]
+    deploy_env = {e["name"]: e["value"] for e in deploy_container["env"]}
+    assert {k: v for k, v in env.items() if k in deploy_env and k != "CERTSYNC_ALLOWED_ENDPOINTS"} == {
+        k: v for k, v in deploy_env.items() if k != "CERTSYNC_ALLOWED_ENDPOINTS"
+    }
 
 
 def test_replicas_spread_with_a_disruption_budget_and_metrics_are_served() -> None:
@@ -114,6 +122,10 @@ def test_replicas_spread_with_a_disruption_budget_and_metrics_are_served() -> No
     assert "preferredDuringSchedulingIgnoredDuringExecution" in spec["affinity"]["podAntiAffinity"]
     [budget] = find(objects, "PodDisruptionBudget")
     assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    [deploy_budget] = deploy_documents("base", "poddisruptionbudget.yaml")
+    assert {k: v for k, v in budget["spec"].items() if k != "selector"} == {
+        k: v for k, v in deploy_budget["spec"].items() if k != "selector"
+    }
     [service] = find(objects, "Service")
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     [monitor] = find(objects, "ServiceMonitor")
