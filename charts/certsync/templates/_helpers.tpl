@@ -51,10 +51,10 @@ What the operator uses, and nothing more: the same rules as deploy/rbac.yaml (a 
 {{- define "certsync.rules" -}}
 - apiGroups: [certsync.io]
   resources: [deploymenttlses, cdncertificates, letsencryptorders]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
 - apiGroups: [certsync.io]
   resources: [deploymenttlses/status, cdncertificates/status, letsencryptorders/status]
-  verbs: [get, patch]
+  verbs: [patch]
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, list, watch]
@@ -63,9 +63,16 @@ What the operator uses, and nothing more: the same rules as deploy/rbac.yaml (a 
   verbs: [create]
 {{- end -}}
 
-{{/* The Lease rules, as deploy/base/lease-role.yaml. */}}
+{{/*
+The Lease rules, as deploy/base/lease-role.yaml: `create` cannot be limited to a name (the object does not exist
+when it is checked); reading and renewing only the operator's own Lease.
+*/}}
 {{- define "certsync.leaseRules" -}}
 - apiGroups: [coordination.k8s.io]
   resources: [leases]
-  verbs: [get, create, update]
+  verbs: [create]
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  resourceNames: [{{ .Values.settings.leaseName | default "certsync-leader" }}]
+  verbs: [get, update]
 {{- end -}}
