@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The certsync demo, on a fresh machine: a local control plane, both emulators, the operator, the examples.
 
-Builds (or reuses) etcd and kube-apiserver, applies deploy/ (CRDs, RBAC), starts the
+Builds (or reuses) etcd and kube-apiserver, applies crds/ and deploy/ (RBAC), starts the
 EMQX and CDN emulators and the operator with its ServiceAccount's own token, applies
 examples/ (endpoints pointed at the emulators, credentials set to the emulators', the
 certificate that cert-manager would write made here), waits until every resource is
@@ -57,6 +57,7 @@ def main() -> int:
     plane = controlplane.start(work / "controlplane", tied_to_parent=True)
     try:
         kube = Kube(plane.kubectl, plane.kubeconfig, plane.server, work / "controlplane" / "pki" / "ca.crt")
+        kube.kubectl("apply", "-f", str(REPO / "crds"))
         kube.kubectl("apply", "-k", str(REPO / "deploy"))
         kube.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         token = kube.kubectl("create", "token", "certsync", "-n", "certsync-system").stdout.strip()

@@ -6,7 +6,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,11 +69,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def operator(kubeconfig: Path, log: Path, *args: str, log_format: str = "json") -> Iterator[OperatorProcess]:
-    """The operator as its own process, with the given kubeconfig (the ServiceAccount's, in the tests)."""
+def operator(
+    kubeconfig: Path, log: Path, *args: str, log_format: str = "json", settings: Mapping[str, str] | None = None
+) -> Iterator[OperatorProcess]:
+    """The operator as its own process, with the given kubeconfig (the ServiceAccount's, in the tests) and
+    `settings` (CERTSYNC_* variables, such as a chart's rendered Deployment sets)."""
     port = free_port()
     env = {
         **os.environ,
+        **(settings or {}),
         "KUBECONFIG": str(kubeconfig),
         "CERTSYNC_LOG_FORMAT": log_format,
         "CERTSYNC_METRICS_PORT": str(port),

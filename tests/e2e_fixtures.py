@@ -21,7 +21,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
     root = tmp_path_factory.mktemp("controlplane")
     plane = controlplane.start(root / "run", tied_to_parent=True)
     cluster = Kube(plane.kubectl, plane.kubeconfig, plane.server, root / "run" / "pki" / "ca.crt", plane)
-    cluster.kubectl("apply", "-k", str(REPO / "crds"))
+    cluster.kubectl("apply", "-f", str(REPO / "crds"))  # as users do: CRDs on their own
     cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
     try:
         yield cluster

@@ -1,5 +1,5 @@
-"""The image cannot be built here (no container engine, no base-image registry): this installs the package
-the way the Dockerfile does, a wheel built from pyproject.toml and operator/, into a fresh environment."""
+"""The package as a wheel built from pyproject.toml and operator/ into a fresh environment: the quick check of what
+the Dockerfile installs (tests/test_e2e_image.py builds and runs the image itself)."""
 
 from __future__ import annotations
 

@@ -82,6 +82,7 @@ async def _operate(config: settings_module.Settings, memo: Any) -> int:
 
     try:
         if not config.leader_election:
+            metrics.leader.set(1.0)  # the only replica acts: certsync_leader says so (the CertsyncNoLeader alert)
             metrics.readiness = lambda: (kopf_ready.is_set(), "acting" if kopf_ready.is_set() else "starting")
             await operator()
             return 0

@@ -52,6 +52,10 @@ class Metrics:
             "certsync_certificate_ready_status", "Ready condition of each resource (1 for the current condition)",
             ["kind", "namespace", "name", "condition"], registry=self.registry,
         )  # fmt: skip
+        self.stalled = Gauge(
+            "certsync_resource_stalled", "1 while the resource is Stalled (needs a person), else 0",
+            ["kind", "namespace", "name"], registry=self.registry,
+        )  # fmt: skip
         self.leader = Gauge(
             "certsync_leader", "1 on the replica that holds the Lease and acts, 0 on a standby", registry=self.registry
         )
@@ -70,17 +74,21 @@ class Metrics:
         self.requests.labels(api, call, code).inc()
         self.latency.labels(api, call).observe(seconds)
 
-    def set_ready(self, kind: str, namespace: str, name: str, condition: str) -> None:
+    def set_ready(self, kind: str, namespace: str, name: str, condition: str, stalled: bool | None = None) -> None:
+        """`stalled`: the pass's state is Stalled (the CertsyncResourceStalled alert); None leaves it as it was."""
         for value in ("True", "False", "Unknown"):
             self.ready.labels(kind, namespace, name, value).set(1.0 if value == condition else 0.0)
+        if stalled is not None:
+            self.stalled.labels(kind, namespace, name).set(1.0 if stalled else 0.0)
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         """A deleted resource leaves no stale series behind."""
         for value in ("True", "False", "Unknown"):
             with contextlib.suppress(KeyError):
                 self.ready.remove(kind, namespace, name, value)
-        with contextlib.suppress(KeyError):
-            self.expiry.remove(kind, namespace, name)
+        for gauge in (self.expiry, self.stalled):
+            with contextlib.suppress(KeyError):
+                gauge.remove(kind, namespace, name)
 
     def refresh_budgets(self, budget: RateBudget) -> None:
         for scope, window in budget.scopes():
