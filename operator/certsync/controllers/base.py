@@ -137,7 +137,8 @@ async def finish(
     await record(rt, r, new)
     kind = KINDS[r.plural]
     rt.metrics.reconciles.labels(kind, state.kind).inc()
-    rt.metrics.set_ready(kind, r.namespace, r.name, "True" if state.kind == "ready" else "False")
+    ready = "True" if state.kind == "ready" else "False"
+    rt.metrics.set_ready(kind, r.namespace, r.name, ready, stalled=state.kind == "stalled")
     expiry = parse_time(r.status.get("notAfter") or r.status.get("expire"))
     if expiry is not None:
         rt.metrics.expiry.labels(kind, r.namespace, r.name).set(expiry.timestamp())

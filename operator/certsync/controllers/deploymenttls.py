@@ -45,6 +45,16 @@ async def sync(rt: Runtime, r: Resource) -> float | None:
     material = check_tls_secret(name, await rt.kube.read_secret(r.namespace, name), now)
     if not isinstance(material, TLSMaterial):
         return await finish(rt, r, material.state(), {}, None)
+    try:  # what EMQX itself refuses (key types, issuer's algorithm, 60 days left) costs no call
+        pki.check_destination(material.bundle, "emqx", now)
+    except pki.ValidityTooShort as problem:
+        # A certificate already applied may run into its last 60 days: it stays; only a new one is refused.
+        if r.status.get("fingerprint") != material.fingerprint:
+            return await finish(
+                rt, r, State("stalled", problem.reason, f"Secret {name!r}: {problem.message}"), {}, None
+            )
+    except pki.CertificateProblem as problem:
+        return await finish(rt, r, State("stalled", problem.reason, f"Secret {name!r}: {problem.message}"), {}, None)
     tls_type = str(spec.get("tlsType", "one-way"))
     cacert: str | None = None
     ca_digest = ""
@@ -119,7 +129,8 @@ async def _read(rt: Runtime, access: EmqxAccess, deployment: str) -> rd.Remote:
         info = await rt.emqx.get_tls(access, deployment)
     except TLSNotConfigured:
         return rd.Remote(True)
-    return rd.Remote(False, info.tls_type, info.status, info.expire, getattr(info, "cn", "") or "")
+    return rd.Remote(False, info.tls_type, info.phase if info.phase != "unknown" else info.status, info.expire,
+                     info.cn, info.message)  # fmt: skip
 
 
 def _remote_fields(remote: rd.Remote) -> dict[str, Any]:
