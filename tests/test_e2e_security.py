@@ -10,6 +10,7 @@ the Events, the resources' status and /metrics are then scanned for every secret
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import subprocess
 import sys
@@ -278,9 +279,22 @@ def test_eight_resources_sharing_a_wrong_password_log_in_once_then_once_more_whe
             wait_until("every poke handled", lambda: passes() >= before + len(names))
             assert cdn.counts().get(login) == 1
             assert all(kube.get("cdncertificate", n, namespace)["status"].get("cdnLogin") for n in names)
-        # a restart (or a new leader: the same, from status) does not try the refused password again
+        # a restart does not try the refused password again
         with operator(operator_kubeconfig, log, *operator_args(namespace, cdn.url)) as running:
             wait_until("a pass over every resource after the restart", lambda: passes() >= len(names))
+            assert cdn.counts().get(login) == 1
+        # nor does a new leader after the old one died (two replicas, one Lease of this test's own)
+        election = ["--lease-name", f"login-{namespace}", "--lease-duration", "4", "--renew-deadline", "3",
+                    "--retry-period", "1"]  # fmt: skip
+        args = [*operator_args(namespace, cdn.url), *election]
+        with contextlib.ExitStack() as replicas:
+            running = first = replicas.enter_context(operator(kube.kubeconfig, log, *args))
+            wait_until("the first replica leads and passes over every resource", lambda: passes() >= len(names))
+            second = replicas.enter_context(operator(kube.kubeconfig, log, *args))
+            first.process.kill()
+            first.process.wait()
+            running = second
+            wait_until("the new leader passes over every resource", lambda: passes() >= len(names), seconds=60)
             assert cdn.counts().get(login) == 1
             kube.apply(creds_secret("cdn-creds", username="u", password="right-password-9"), namespace=namespace)
             for name in names:  # past the login: synced, or waiting for the account's 20 calls a minute
