@@ -6,7 +6,8 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,3 +102,23 @@ def operator_args(namespace: str, *endpoints: str, window: int | None = None) ->
     """The operator's flags in the tests: its allowlist (the emulators), the test namespace, the budget window."""
     args = ["--allowed-endpoints", ",".join(e + "/" for e in endpoints), "--namespaces", namespace]
     return args + (["--emqx-budget-window", str(window)] if window else [])
+
+
+def reconcile_passes(metrics_url: str) -> float:
+    """How many passes the operator has made (0 while it starts): a condition to wait on, instead of a sleep."""
+    try:
+        text = httpx.get(metrics_url + "/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return 0.0
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("certsync_reconcile_total{")
+    )
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 60.0, every: float = 0.2) -> None:
+    """Poll `check` until it holds, or fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)

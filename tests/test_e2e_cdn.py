@@ -12,7 +12,7 @@ import pytest
 
 from devkit.factory import Chain, three_level
 from devkit.kube import Kube
-from devkit.processes import EmulatorProcess, emulator, operator, operator_args
+from devkit.processes import EmulatorProcess, emulator, operator, operator_args, reconcile_passes, wait_for
 from tests.test_e2e_deploymenttls import creds_secret, tls_secret
 
 pytestmark = pytest.mark.e2e
@@ -190,13 +190,14 @@ def test_wrong_cdn_password_stalls_and_is_never_retried(
                tls_secret("shop-tls", root_chain.pem, root_chain.leaf.key_pem()), namespace=namespace)  # fmt: skip
     kube.apply(cdn_cert("shop", cdn_process.url), namespace=namespace)
     log = tmp_path / "op.log"
-    with operator(operator_kubeconfig, log, *operator_args(namespace, cdn_process.url)):
+    with operator(operator_kubeconfig, log, *operator_args(namespace, cdn_process.url)) as running:
         kube.kubectl("wait", "-n", namespace, "--for=condition=Stalled", "cdncertificate/shop", "--timeout=60s")
         assert reason(kube, "cdncertificate", "shop", namespace) == "CredentialsInvalid"
+        passes = reconcile_passes(running.metrics_url)
         kube.kubectl(
             "annotate", "cdncertificate/shop", "-n", namespace, "certsync.io/requested-at=again", "--overwrite"
         )
-        time.sleep(3)
+        wait_for("the forced pass", lambda: reconcile_passes(running.metrics_url) > passes)
         assert cdn_process.counts() == {"POST /app/oauth/v1/token/": 1}  # one wrong password, never a second
         # the Secret changes: one new login, which succeeds
         kube.apply(creds_secret("cdn-creds", username=USER, password=PASSWORD), namespace=namespace)

@@ -11,7 +11,7 @@ import pytest
 
 from devkit.factory import Issued, issue
 from devkit.kube import Kube
-from devkit.processes import EmulatorProcess, operator, operator_args
+from devkit.processes import EmulatorProcess, operator, operator_args, reconcile_passes, wait_for
 from tests.e2e_fixtures import KEY, SECRET, WINDOW
 
 pytestmark = pytest.mark.e2e
@@ -90,12 +90,12 @@ def test_create_rotate_restart_and_budget(
         assert [w["method"] for w in emqx_process.writes()] == ["POST", "PUT"]
 
     # a restart with everything in sync: no write at all
-    with operator(operator_kubeconfig, log, *allow):
+    with operator(operator_kubeconfig, log, *allow) as running:
+        wait_for("the first pass after the restart", lambda: reconcile_passes(running.metrics_url) >= 1)
+        passes = reconcile_passes(running.metrics_url)
         kube.kubectl("annotate", "deploymenttls/broker", "-n", namespace, "certsync.io/requested-at=1", "--overwrite")
+        wait_for("the forced pass", lambda: reconcile_passes(running.metrics_url) > passes)
         wait_ready(kube, namespace, "broker")
-        import time
-
-        time.sleep(3)
         assert [w["method"] for w in emqx_process.writes()] == ["POST", "PUT"]
 
         # four more rotations use the budget up (6 writes/hour); the next one is RateLimited, never a 429

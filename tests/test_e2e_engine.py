@@ -7,7 +7,7 @@ so that a kill -9 of the operator right after a remote write is a real crash.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,15 @@ from certsync import pki
 
 from devkit.factory import Chain, issue, three_level
 from devkit.kube import Kube
-from devkit.processes import EmulatorProcess, OperatorProcess, emulator, operator, operator_args
+from devkit.processes import (
+    EmulatorProcess,
+    OperatorProcess,
+    emulator,
+    operator,
+    operator_args,
+    reconcile_passes,
+    wait_for,
+)
 from tests.e2e_fixtures import KEY, SECRET
 from tests.test_e2e_cdn import PASSWORD, USER, cdn_cert, order
 from tests.test_e2e_deploymenttls import creds_secret, dtls, fingerprint, tls_secret
@@ -48,13 +56,6 @@ def cdn_many(tmp_path: Path, root: Chain) -> Iterator[EmulatorProcess]:
     with emulator("cdn", "--account", "acct1", "--username", USER, "--password", PASSWORD, *resources,
                   "--pending-seconds", "1", "--rate-limit", "1000", "--trusted-ca", str(tmp_path / "root.pem")) as running:  # fmt: skip
         yield running
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 60.0, every: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(every)
 
 
 def calls(emu: EmulatorProcess) -> list[dict[str, Any]]:
@@ -331,16 +332,6 @@ def test_client_ca_rotation_and_chain_only_change_are_one_write_each(
                      lambda k=kind, n=name: kube.get(k, n, namespace)["status"].get("appliedDigest") != digests[k])  # fmt: skip
             ready(kube, kind, name, namespace)
         assert count(emqx_many, "PUT", "/d3/") == 2 and count(cdn_many, "PATCH", "/certificate/") == 1
-
-
-def reconcile_passes(metrics_url: str) -> float:
-    try:
-        text = httpx.get(metrics_url + "/metrics", timeout=5).text
-    except httpx.HTTPError:
-        return 0.0
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("certsync_reconcile_total{")
-    )
 
 
 def test_a_restart_in_sync_makes_no_remote_write_and_no_status_write(
