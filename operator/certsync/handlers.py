@@ -33,6 +33,7 @@ from certsync.settings import Settings
 
 PLURALS = tuple(KINDS)
 REQUESTED_AT = "certsync.io/requested-at"
+WRITE_DRAIN_S = 25.0  # within deploy/'s 30 s grace period
 log = logging.getLogger("certsync")
 Sync = Callable[[Runtime, Resource], Awaitable[float | None]]
 SYNCS: dict[str, Sync] = {
@@ -107,6 +108,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     rt = memo.get("runtime")
     if rt is not None:
+        if rt.writes:  # a write already sent finishes and is recorded; closing the clients now would cut it
+            await asyncio.wait(set(rt.writes), timeout=WRITE_DRAIN_S)
         await rt.emqx.aclose()
         await rt.cdn.aclose()
 

@@ -54,6 +54,8 @@ class Runtime:
     # Resource Let's Encrypt orders run one at a time per account: (endpoint, account) -> the order holding it.
     order_slots: dict[str, Claim] = field(default_factory=dict)
     cdn_lists: dict[str, tuple[float, Any]] = field(default_factory=dict)
+    # Writes in flight with their record: a clean stop lets them finish before closing the clients.
+    writes: set[asyncio.Future[Any]] = field(default_factory=set)
     cdn_list_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def forget(self, key: tuple[str, str, str]) -> None:
@@ -185,7 +187,19 @@ async def guarded_write(
         await record(rt, r, {**outcome(result), "intent": None})
         return result
 
-    return await asyncio.shield(asyncio.ensure_future(write_and_record()))
+    task = asyncio.ensure_future(write_and_record())
+    rt.writes.add(task)
+    task.add_done_callback(_settled(rt))
+    return await asyncio.shield(task)
+
+
+def _settled(rt: Runtime) -> Callable[[asyncio.Future[Any]], None]:
+    def done(task: asyncio.Future[Any]) -> None:
+        rt.writes.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: whoever awaited it got it; a shutdown must not log it as lost
+
+    return done
 
 
 def state_for_error(error: RemoteError, attempt: int) -> tuple[State, float | None]:

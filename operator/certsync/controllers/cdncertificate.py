@@ -252,6 +252,8 @@ async def _resolve(rt: Runtime, r: Resource, access: CdnAccess, material: TLSMat
         landed = found if isinstance(found, int) and chain == material.chain_sha1 else None
     updates: dict[str, Any] = {"intent": None}
     if landed is not None:
+        if intent.digest == pki.material_digest(material.bundle):  # what landed is what the Secret holds
+            updates.update(facts(material, landed))
         updates.update(seq=landed, appliedDigest=intent.digest, target=intent.target)
     await record(rt, r, updates)
     if landed is not None:
