@@ -106,10 +106,24 @@ class Replicas:
 
 @pytest.fixture
 def replicas(
-    operator_kubeconfig: Path, tmp_path: Path, namespace: str, emqx_process: EmulatorProcess
+    kube: Kube, operator_kubeconfig: Path, tmp_path: Path, namespace: str, emqx_process: EmulatorProcess
 ) -> Iterator[Replicas]:
-    with ExitStack() as stack:
-        yield Replicas(stack, operator_kubeconfig, tmp_path, namespace, emqx_process.url)
+    """deploy/ grants the operator its own Lease only (`certsync-leader`): each test here uses a Lease of its own,
+    so that a leader it kills holds no other test's Lease; a Role for that Lease lives as long as the test."""
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": f"lease-{namespace}", "namespace": "certsync-system"},
+            "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                       "resourceNames": [f"leader-{namespace}"], "verbs": ["get", "update"]}]}  # fmt: skip
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": f"lease-{namespace}", "namespace": "certsync-system"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": f"lease-{namespace}"},
+               "subjects": [{"kind": "ServiceAccount", "name": "certsync", "namespace": "certsync-system"}]}  # fmt: skip
+    kube.apply(role, binding)
+    try:
+        with ExitStack() as stack:
+            yield Replicas(stack, operator_kubeconfig, tmp_path, namespace, emqx_process.url)
+    finally:
+        kube.kubectl("delete", "-n", "certsync-system", "rolebinding,role", f"lease-{namespace}", check=False)
 
 
 def plane_of(kube: Kube) -> ControlPlane:
