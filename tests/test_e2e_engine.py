@@ -155,11 +155,15 @@ def test_kill_right_after_cdn_writes_never_writes_twice(
         assert count(cdn_many, "PATCH", patch) == patches + 1, delay
 
 
+def provider_get(emu: EmulatorProcess, path: str) -> Any:
+    """`data` of a GET of the provider's own API (logged in as the tests' user), as a user would see it."""
+    token = httpx.post(f"{emu.url}/app/oauth/v1/token/", data={"username": USER, "password": PASSWORD}).json()["token"]
+    return httpx.get(f"{emu.url}/app/ssl/v1/account/acct1/{path}", headers={"CDN-AUTH-TOKEN": token}).json()["data"]
+
+
 def issued_names(emu: EmulatorProcess) -> list[str]:
     """The common names of the Let's Encrypt certificates in the account's list, as the provider's API shows them."""
-    token = httpx.post(f"{emu.url}/app/oauth/v1/token/", data={"username": USER, "password": PASSWORD}).json()["token"]
-    listing = httpx.get(f"{emu.url}/app/ssl/v1/account/acct1/certificate/", headers={"CDN-AUTH-TOKEN": token})
-    return [c["cn"] for c in listing.json()["data"] if "let's encrypt" in c["issuer"].lower()]
+    return [c["cn"] for c in provider_get(emu, "certificate/") if "let's encrypt" in c["issuer"].lower()]
 
 
 def test_kill_right_after_orders_never_orders_twice(
@@ -284,12 +288,9 @@ def test_two_resource_orders_in_one_account_each_report_their_own_certificate(
     with operator(operator_kubeconfig, tmp_path / "op.log", *operator_args(namespace, cdn_many.url)):
         for name in ("one", "two"):
             ready(kube, "letsencryptorder", name, namespace, timeout="90s")
-    token = httpx.post(f"{cdn_many.url}/app/oauth/v1/token/", data={"username": USER, "password": PASSWORD})
-    headers = {"CDN-AUTH-TOKEN": token.json()["token"]}
     for name, cn in (("one", "r1.shop.example"), ("two", "r2.shop.example")):
         seq = kube.get("letsencryptorder", name, namespace)["status"]["certificateSeq"]
-        got = httpx.get(f"{cdn_many.url}/app/ssl/v1/account/acct1/certificate/{seq}", headers=headers).json()
-        assert got["data"][0]["cn"] == cn, name
+        assert provider_get(cdn_many, f"certificate/{seq}")[0]["cn"] == cn, name
 
 
 def test_client_ca_rotation_and_chain_only_change_are_one_write_each(
