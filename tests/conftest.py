@@ -71,3 +71,21 @@ async def cdn(cdn_config: cdn_emulator.CdnConfig) -> AsyncIterator[Emulator]:
     running = await start(cdn_emulator.build_app(state))
     yield Emulator(running.url, state)
     await running.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failing end-to-end test shows what its operators logged at warning and above (CI keeps no files)."""
+    outcome = yield
+    report = outcome.get_result()
+    tmp = getattr(item, "funcargs", {}).get("tmp_path")
+    if not report.failed or tmp is None:
+        return
+    for log in sorted(tmp.rglob("*.log")):
+        lines = [line for line in log.read_text(errors="replace").splitlines() if _worth_showing(line)]
+        if lines:
+            report.sections.append((f"{log.name}: warnings and errors", "\n".join(lines[-40:])))
+
+
+def _worth_showing(line: str) -> bool:
+    return any(f'"level": "{level}"' in line for level in ("warning", "error", "critical")) or "Traceback" in line

@@ -126,7 +126,8 @@ def test_letsencrypt_orders(
     assert www["taskStatus"] == "processed" and www["certificateSeq"] >= 1 and www["notAfter"]
     wild = kube.get("letsencryptorder", "wild", namespace)["status"]
     assert wild["certificateSeq"] >= 1 and wild["certificateSeq"] != www["certificateSeq"]
-    assert reason(kube, "letsencryptorder", "img", namespace) == "OrderFailed"
+    img = kube.get("letsencryptorder", "img", namespace)["status"]
+    assert reason(kube, "letsencryptorder", "img", namespace) == "OrderFailed", img["conditions"]
     posts = [k for k in cdn_process.counts() if k.startswith("POST /app/ssl/v1/account/{account}/letsencrypt")]
     assert sum(cdn_process.counts()[k] for k in posts) == 3  # each order posted exactly once
 
