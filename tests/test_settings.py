@@ -143,6 +143,18 @@ def test_metrics_bind_address() -> None:
         settings.load(["--metrics-bind-address", "localhost; rm"], {})
 
 
+def test_remote_concurrency_limits() -> None:
+    default = settings.load([], {})
+    assert (default.remote_concurrency, default.remote_concurrency_per_target) == (32, 2)
+    chosen = settings.load(["--remote-concurrency", "8"], {"CERTSYNC_REMOTE_CONCURRENCY_PER_TARGET": "1"})
+    assert (chosen.remote_concurrency, chosen.remote_concurrency_per_target) == (8, 1)
+    for bad in ("0", "-1", "two", "1001", " "):
+        with pytest.raises(settings.SettingsError, match="CERTSYNC_REMOTE_CONCURRENCY "):
+            settings.load(["--remote-concurrency", bad], {})
+        with pytest.raises(settings.SettingsError, match="CERTSYNC_REMOTE_CONCURRENCY_PER_TARGET"):
+            settings.load([], {"CERTSYNC_REMOTE_CONCURRENCY_PER_TARGET": bad})
+
+
 # --- the CRDs agree -----------------------------------------------------------------------------
 
 

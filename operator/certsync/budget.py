@@ -39,6 +39,11 @@ class Scope:
     def __str__(self) -> str:
         return f"{self.api}:{self.endpoint.rstrip('/')}:{self.key}:{self.method_class}"
 
+    @property
+    def target(self) -> str:
+        """What shares a concurrency limit: the remote thing (deployment, account), whatever the call."""
+        return f"{self.api}:{self.endpoint.rstrip('/')}:{self.key}"
+
 
 EMQX_READ = Window(limit=60, period=3600.0)
 EMQX_WRITE = Window(limit=6, period=3600.0)
@@ -166,6 +171,7 @@ class Concurrency:
         self._scopes: dict[str, tuple[asyncio.Semaphore, int]] = {}
 
     def in_flight(self) -> int:
+        """Calls holding a slot now (a gauge, and what the tests watch)."""
         return self.overall - self._all._value
 
     @contextlib.asynccontextmanager

@@ -53,7 +53,7 @@ from typing import Any, ClassVar, Literal, TypeGuard, TypeVar
 
 import httpx
 
-from certsync.budget import CDN_PER_MINUTE, RateBudget, Scope, Window
+from certsync.budget import CDN_PER_MINUTE, Concurrency, RateBudget, Scope, Window
 from certsync.remote import (
     DEFAULT_RETRY,
     DEFAULT_TIMEOUT,
@@ -66,6 +66,7 @@ from certsync.remote import (
     ServiceUnavailable,
     Sleep,
     base_url,
+    http_client,
     no_observer,
     parse_retry_after,
     send,
@@ -362,9 +363,11 @@ class CdnClient:
         retry: RetryPolicy = DEFAULT_RETRY,
         sleep: Sleep | None = None,
         observe: Observer = no_observer,
+        concurrency: Concurrency | None = None,
     ) -> None:
         self.observe = observe
-        self._http = httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)
+        self.concurrency = concurrency or Concurrency()
+        self._http = http_client(self.concurrency, timeout, transport)
         self.gate = BudgetGate(budget or RateBudget())
         self.window = Window(limit=per_minute, period=60.0)
         self.login_window = login_window
@@ -518,7 +521,8 @@ class CdnClient:
             f"{base_url(access.endpoint)}/app/oauth/v1/token/",
             data={"username": access.username, "password": access.password},
         )
-        response = await send(self._http, request, "cdn", "login", observe=self.observe)
+        async with self.concurrency.slot(scope.target):
+            response = await send(self._http, request, "cdn", "login", observe=self.observe)
         now = round(self.clock(), 3)  # as exported: a refusal read back from status is the same refusal
         if response.status_code == 401:
             if access.credentials_id:
@@ -595,7 +599,9 @@ class CdnClient:
             self.gate.acquire(scope, self.window)
             url = f"{base_url(access.endpoint)}/app/ssl/v1/account/{access.account}/{path}"
             request = self._http.build_request(method, url, json=body, headers={"CDN-AUTH-TOKEN": token})
-            response = await send(self._http, request, "cdn", f"{method} {path.split('/')[0]}", observe=self.observe)
+            call = f"{method} {path.split('/')[0]}"
+            async with self.concurrency.slot(scope.target):
+                response = await send(self._http, request, "cdn", call, observe=self.observe)
             refused = response.status_code in (401, 405)
             if not refused:
                 self._raise_for_http(response, scope, self.window, with_token)

@@ -34,7 +34,7 @@ from typing import Any, Final, Literal, TypeVar
 
 import httpx
 
-from certsync.budget import EMQX_READ, EMQX_WRITE, RateBudget, Scope, Window
+from certsync.budget import EMQX_READ, EMQX_WRITE, Concurrency, RateBudget, Scope, Window
 from certsync.remote import (
     DEFAULT_RETRY,
     DEFAULT_TIMEOUT,
@@ -47,6 +47,7 @@ from certsync.remote import (
     ServiceUnavailable,
     Sleep,
     base_url,
+    http_client,
     no_observer,
     parse_retry_after,
     retryable_status,
@@ -243,11 +244,13 @@ class EmqxClient:
         retry: RetryPolicy = DEFAULT_RETRY,
         sleep: Sleep | None = None,
         observe: Observer = no_observer,
+        concurrency: Concurrency | None = None,
     ) -> None:
         self.observe = observe
+        self.concurrency = concurrency or Concurrency()
         self.retry = retry
         self._sleep = sleep
-        self._http = httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)
+        self._http = http_client(self.concurrency, timeout, transport)
         self.gate = BudgetGate(budget or RateBudget())
         self.windows = {"read": read_window, "write": write_window}
 
@@ -295,7 +298,8 @@ class EmqxClient:
         url = f"{base_url(access.endpoint)}/deployments/{deployment_id}/tls"
         request = self._http.build_request(method, url, json=body)
         auth = httpx.BasicAuth(access.api_key, access.api_secret)
-        response = await send(self._http, request, "emqx", CALLS[method], auth=auth, observe=self.observe)
+        async with self.concurrency.slot(scope.target):
+            response = await send(self._http, request, "emqx", CALLS[method], auth=auth, observe=self.observe)
         if response.is_success:
             return response
         retry_after = None

@@ -18,7 +18,7 @@ from typing import Any
 
 import kopf
 
-from certsync.budget import EMQX_READ, EMQX_WRITE, RateBudget, Window
+from certsync.budget import EMQX_READ, EMQX_WRITE, Concurrency, RateBudget, Window
 from certsync.cdn import CdnClient
 from certsync.controllers import cdncertificate, deletion, deploymenttls, letsencryptorder
 from certsync.controllers.base import KINDS, Resource, Runtime, finish, state_for_error
@@ -89,6 +89,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     budget: RateBudget = memo["budget"]
     metrics: Metrics = memo["metrics"]
     memo["wakes"] = Wakes()
+    limits = Concurrency(per_scope=config.remote_concurrency_per_target, overall=config.remote_concurrency)
     memo["runtime"] = Runtime(
         settings=config,
         budget=budget,
@@ -97,8 +98,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             observe=metrics.observe_request,
             read_window=Window(EMQX_READ.limit, config.emqx_budget_window),
             write_window=Window(EMQX_WRITE.limit, config.emqx_budget_window),
+            concurrency=limits,
         ),
-        cdn=CdnClient(budget=budget, per_minute=config.cdn_budget_per_minute, observe=metrics.observe_request),
+        cdn=CdnClient(
+            budget=budget, per_minute=config.cdn_budget_per_minute, observe=metrics.observe_request, concurrency=limits
+        ),
         kube=Kube(),
         metrics=metrics,
     )

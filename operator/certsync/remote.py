@@ -29,11 +29,25 @@ from typing import ClassVar, TypeVar
 
 import httpx
 
-from certsync.budget import BudgetExhausted, RateBudget, Scope, Window
+from certsync.budget import BudgetExhausted, Concurrency, RateBudget, Scope, Window
 from certsync.scrub import GENERIC, MAX_MESSAGE, Scrubber
 from certsync.settings import EndpointError, normalise_endpoint
 
 DEFAULT_TIMEOUT = httpx.Timeout(20.0, connect=5.0)
+POOL_WAIT_S = 5.0
+
+
+def http_client(
+    concurrency: Concurrency, timeout: httpx.Timeout, transport: httpx.AsyncBaseTransport | None
+) -> httpx.AsyncClient:
+    """A pool as large as the calls allowed in flight: requests wait in `Concurrency`'s fair queue, never here.
+
+    The pool timeout is short because it can only be reached if that invariant breaks."""
+    limits = httpx.Limits(max_connections=concurrency.overall, max_keepalive_connections=concurrency.overall)
+    bounded = httpx.Timeout(connect=timeout.connect, read=timeout.read, write=timeout.write, pool=POOL_WAIT_S)
+    return httpx.AsyncClient(transport=transport, timeout=bounded, limits=limits, follow_redirects=False)
+
+
 REPLICA_HEADER = "X-Certsync-Replica"
 
 

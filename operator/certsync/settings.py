@@ -168,6 +168,9 @@ class Settings:
     retry_period: float = 2.0
     debug_election_signals: bool = False  # tests only: SIGUSR1 stalls, SIGUSR2 crashes the election loop
     metrics_bind_address: str = DEFAULT_METRICS_BIND
+    # Remote calls in flight: overall, and per remote target (EMQX deployment, CDN account); beyond, calls queue.
+    remote_concurrency: int = 32
+    remote_concurrency_per_target: int = 2
     _allowed_prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
@@ -223,6 +226,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--retry-period", help="between two renewals or two tries of a standby (CERTSYNC_RETRY_PERIOD)")
     p.add_argument("--debug-election-signals", choices=["true", "false"], help=argparse.SUPPRESS)
+    p.add_argument("--remote-concurrency", help="remote calls in flight at most (CERTSYNC_REMOTE_CONCURRENCY)")
+    p.add_argument(
+        "--remote-concurrency-per-target",
+        help="remote calls in flight per EMQX deployment or CDN account (CERTSYNC_REMOTE_CONCURRENCY_PER_TARGET)",
+    )
     p.add_argument("--emqx-budget-window", help="EMQX rate window, emulators only (CERTSYNC_EMQX_BUDGET_WINDOW)")
     return p
 
@@ -246,6 +254,12 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     log_format = pick(args.log_format, "CERTSYNC_LOG_FORMAT") or ("text" if sys.stderr.isatty() else "json")
     drift = pick(args.drift_interval, "CERTSYNC_DRIFT_INTERVAL") or "6h"
     budget = pick(args.cdn_budget_per_minute, "CERTSYNC_CDN_BUDGET_PER_MINUTE") or "20"
+    concurrency = pick(args.remote_concurrency, "CERTSYNC_REMOTE_CONCURRENCY") or "32"
+    per_target = pick(args.remote_concurrency_per_target, "CERTSYNC_REMOTE_CONCURRENCY_PER_TARGET") or "2"
+    limits = {"CERTSYNC_REMOTE_CONCURRENCY": concurrency, "CERTSYNC_REMOTE_CONCURRENCY_PER_TARGET": per_target}
+    for name, value in limits.items():
+        if not value.isdigit() or not 0 < int(value) <= 1000:
+            raise SettingsError(f"{name} must be an integer from 1 to 1000, not {value!r}")
     delete_timeout = parse_duration(pick(args.delete_timeout, "CERTSYNC_DELETE_TIMEOUT") or "1h")
     emqx_window = parse_duration(pick(args.emqx_budget_window, "CERTSYNC_EMQX_BUDGET_WINDOW") or "3600")
     election = (pick(args.leader_election, "CERTSYNC_LEADER_ELECTION") or "true").lower()
@@ -278,6 +292,8 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         log_format=log_format,
         drift_interval=parse_duration(drift),
         cdn_budget_per_minute=int(budget),
+        remote_concurrency=int(concurrency),
+        remote_concurrency_per_target=int(per_target),
         emqx_budget_window=emqx_window,
         leader_election=election == "true",
         lease_namespace=pick(args.lease_namespace, "CERTSYNC_LEASE_NAMESPACE") or "",
