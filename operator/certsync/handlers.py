@@ -29,6 +29,7 @@ from certsync.reconcile import State
 from certsync.reconcile.conditions import jittered, poll_delay
 from certsync.reconcile.targets import Claim, target_key
 from certsync.remote import RemoteError
+from certsync.secretwatch import SecretStore
 from certsync.settings import Settings
 
 PLURALS = tuple(KINDS)
@@ -47,12 +48,19 @@ class Wakes:
     """Per-resource wake events and forced flags; dropped when the resource is deleted."""
 
     def __init__(self) -> None:
+        self.by_secret: dict[str, Mapping[tuple[str, str], Any]] = {}  # kopf's live indices, once a handler saw them
         self.events: dict[tuple[str, str, str], asyncio.Event] = {}
         self.seen: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.forced: set[tuple[str, str, str]] = set()
 
     def wake(self, key: tuple[str, str, str]) -> None:
         self.events.setdefault(key, asyncio.Event()).set()
+
+    def secret_changed(self, namespace: str, name: str) -> None:
+        """The Secret watch saw `namespace/name` change: wake every resource that names it."""
+        for plural, index in self.by_secret.items():
+            for resource in index.get((namespace, name), []):
+                self.wake((plural, namespace, resource))
 
     def forget(self, key: tuple[str, str, str]) -> None:
         self.events.pop(key, None)
@@ -88,7 +96,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     config: Settings = memo["settings"]
     budget: RateBudget = memo["budget"]
     metrics: Metrics = memo["metrics"]
-    memo["wakes"] = Wakes()
+    memo["wakes"] = w = Wakes()
+    # Secrets are watched by metadata only, outside kopf (which would hold every Secret's body).
+    secrets = SecretStore(config.namespaces, w.secret_changed)
+    secrets.start()
     limits = Concurrency(per_scope=config.remote_concurrency_per_target, overall=config.remote_concurrency)
     memo["runtime"] = Runtime(
         settings=config,
@@ -103,7 +114,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         cdn=CdnClient(
             budget=budget, per_minute=config.cdn_budget_per_minute, observe=metrics.observe_request, concurrency=limits
         ),
-        kube=Kube(),
+        kube=Kube(secrets=secrets),
         metrics=metrics,
     )
 
@@ -112,6 +123,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     rt = memo.get("runtime")
     if rt is not None:
+        if isinstance(rt.kube, Kube) and rt.kube.secrets is not None:
+            rt.kube.secrets.stop()
         if rt.writes:  # a write already sent finishes and is recorded; closing the clients now would cut it
             await asyncio.wait(set(rt.writes), timeout=WRITE_DRAIN_S)
         await rt.emqx.aclose()
@@ -207,18 +220,14 @@ def _owners(indices: Mapping[str, Any]) -> Callable[[str, str], list[Claim]]:
 # --- what wakes a resource's daemon ----------------------------------------------------------
 
 
-@kopf.on.event("", "v1", "secrets")
-async def secret_changed(namespace: str | None, name: str, memo: kopf.Memo, **indices: Any) -> None:
-    for plural in PLURALS:
-        for resource in indices[f"{plural}_by_secret"].get((str(namespace), name), []):
-            wakes(memo).wake((plural, str(namespace), resource))
-
-
 def _on_resource_event(plural: str) -> None:
     @kopf.on.event(GROUP, VERSION, plural)
-    async def resource_event(namespace: str | None, name: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+    async def resource_event(
+        namespace: str | None, name: str, meta: kopf.Meta, memo: kopf.Memo, **indices: Any
+    ) -> None:
         """Wake the daemon on a spec change or a new requested-at; status patches (ours) do not count."""
         w = wakes(memo)
+        w.by_secret = {p: indices[f"{p}_by_secret"] for p in PLURALS}
         key = (plural, str(namespace), name)
         seen = (meta.get("generation"), meta.annotations.get(REQUESTED_AT))
         before = w.seen.get(key)

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import kubernetes
 
 from certsync.reconcile import SecretView
+from certsync.secretwatch import SecretStore
 
 GROUP, VERSION = "certsync.io", "v1alpha1"
 REQUEST_TIMEOUT = (5.0, 15.0)  # connect, read
@@ -67,11 +68,22 @@ class KubeLayer(Protocol):
 class Kube:
     """The real layer, on the kubernetes client's configuration loaded at startup."""
 
-    def __init__(self, api_client: Any = None) -> None:
+    def __init__(self, api_client: Any = None, secrets: SecretStore | None = None) -> None:
         self.core: Any = kubernetes.client.CoreV1Api(api_client)
         self.custom: Any = kubernetes.client.CustomObjectsApi(api_client)
+        self.secrets = secrets
 
     async def read_secret(self, namespace: str, name: str) -> SecretView | None:
+        """The Secret's body: kept from an earlier read while the Secret watch says it has not changed."""
+        kept = self.secrets.fresh(namespace, name) if self.secrets else None
+        if kept is not None:
+            return kept
+        view = await self._read_secret(namespace, name)
+        if view is not None and self.secrets is not None:
+            self.secrets.keep(namespace, name, view)
+        return view
+
+    async def _read_secret(self, namespace: str, name: str) -> SecretView | None:
         try:
             secret = await asyncio.to_thread(
                 self.core.read_namespaced_secret, name, namespace, _request_timeout=REQUEST_TIMEOUT

@@ -1,0 +1,214 @@
+"""Which Secrets changed, learnt from a metadata-only list and watch: no Secret body ever reaches this process here.
+
+A cluster's Secrets are mostly someone else's (Helm releases of 80 KB each, service tokens). Watching
+them whole would make the operator's memory grow with all of them; asking the API server for
+`PartialObjectMetadata` gives names and resourceVersions only. What the operator keeps is one
+resourceVersion per Secret, and the parsed bodies of the Secrets its passes read; `Kube.read_secret`
+reads a Secret's body again only when its version moved, and a change wakes the resources naming it.
+
+The kubernetes client is synchronous: each watched namespace (or the whole cluster) has a thread that
+lists (paginated), then watches from the list's version, and relists when the watch expires (410) or
+fails. Everything the thread learns is applied on the event loop, so readers never race it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import kubernetes
+from kubernetes.watch.watch import iter_resp_lines
+
+from certsync.reconcile import SecretView
+
+log = logging.getLogger("certsync.secretwatch")
+LIST_ACCEPT = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+WATCH_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+MAX_BODIES = 4096  # Secrets read by passes whose bodies are kept (each resource names 1 to 3)
+PAGE = 500  # Secrets per list page: a page of metadata is small whatever the Secrets hold
+WATCH_SECONDS = 240  # the server ends a watch after this; we relist-free resume from the last version
+REQUEST_TIMEOUT = (5.0, WATCH_SECONDS + 30.0)
+Key = tuple[str, str]  # namespace, name
+Notify = Callable[[str, str], None]
+
+
+class Expired(Exception):
+    """The watch's resourceVersion is too old (HTTP 410): list again."""
+
+
+class SecretStore:
+    """The resourceVersion of every Secret in the watched namespaces (a metadata-only watch keeps it current),
+    and the bodies passes read, kept while their version holds."""
+
+    def __init__(self, namespaces: Iterable[str], notify: Notify, api_client: Any = None) -> None:
+        self.scopes = tuple(namespaces) or ("",)  # "": the whole cluster
+        self.notify = notify
+        self.core: Any = kubernetes.client.CoreV1Api(api_client)
+        self.versions: dict[Key, str] = {}
+        self.bodies: OrderedDict[Key, SecretView] = OrderedDict()
+        self.synced: set[str] = set()  # scopes whose list was applied and whose watch has not failed since
+        self._stop = threading.Event()
+        self._responses: set[Any] = set()
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- what passes ask --
+
+    def fresh(self, namespace: str, name: str) -> SecretView | None:
+        """The body read before, if the watch says it is still current; None means: read it."""
+        if "" not in self.synced and namespace not in self.synced:
+            return None
+        key = (namespace, name)
+        kept = self.bodies.get(key)
+        if kept is None or not kept.version or self.versions.get(key) != kept.version:
+            return None
+        self.bodies.move_to_end(key)
+        return kept
+
+    def keep(self, namespace: str, name: str, view: SecretView) -> None:
+        key = (namespace, name)
+        self.bodies[key] = view
+        self.bodies.move_to_end(key)
+        while len(self.bodies) > MAX_BODIES:
+            self.bodies.popitem(last=False)
+
+    # -- life --
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for scope in self.scopes:
+            thread = threading.Thread(target=self._run, args=(scope,), name=f"secret-watch:{scope or '*'}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Ends the threads soon: their open watch is closed under them."""
+        self._stop.set()
+        for response in list(self._responses):
+            try:
+                response.close()
+            except Exception:  # closing a stream another thread reads may fail in many ways; it ends either way
+                log.debug("closing a Secret watch failed", exc_info=True)
+
+    # -- the thread --
+
+    def _run(self, scope: str) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                version, listed = self._list(scope)
+                self._apply(self._replace, scope, listed)
+                failures = 0
+                while not self._stop.is_set():
+                    version = self._watch(scope, version)
+            except Expired:
+                continue
+            except Exception as error:
+                if self._stop.is_set():
+                    return
+                failures += 1
+                delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                log.warning("watching Secrets%s failed (%s); listing again in %.1fs",
+                            f" in {scope}" if scope else "", type(error).__name__, delay)  # fmt: skip
+                self._apply(self.synced.discard, scope)
+                self._stop.wait(delay)
+
+    def _list(self, scope: str) -> tuple[str, dict[Key, str]]:
+        listed: dict[Key, str] = {}
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": PAGE, "_preload_content": False, "_headers": {"Accept": LIST_ACCEPT}}
+            if token:
+                kwargs["_continue"] = token
+            body = json.loads(self._call(scope, kwargs).data)
+            for item in body.get("items") or []:
+                meta = item.get("metadata") or {}
+                listed[(str(meta.get("namespace")), str(meta.get("name")))] = str(meta.get("resourceVersion"))
+            token = (body.get("metadata") or {}).get("continue")
+            if not token:
+                return str((body.get("metadata") or {}).get("resourceVersion") or ""), listed
+
+    def _watch(self, scope: str, version: str) -> str:
+        """Follow one watch to its end; returns the last version seen (to resume from)."""
+        kwargs: dict[str, Any] = {
+            "watch": True, "resource_version": version, "allow_watch_bookmarks": True,
+            "timeout_seconds": WATCH_SECONDS, "_preload_content": False, "_headers": {"Accept": WATCH_ACCEPT},
+        }  # fmt: skip
+        response = self._call(scope, kwargs)
+        self._responses.add(response)
+        try:
+            for kind, meta in _events(iter_resp_lines(response)):  # type: ignore[no-untyped-call]
+                version = str(meta.get("resourceVersion") or version)
+                if kind != "BOOKMARK":
+                    key = (str(meta.get("namespace")), str(meta.get("name")))
+                    self._apply(self._changed, key, None if kind == "DELETED" else version)
+        finally:
+            self._responses.discard(response)
+            response.release_conn()
+        return version
+
+    def _call(self, scope: str, kwargs: dict[str, Any]) -> Any:
+        try:
+            if scope:
+                return self.core.list_namespaced_secret(scope, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+            return self.core.list_secret_for_all_namespaces(_request_timeout=REQUEST_TIMEOUT, **kwargs)
+        except kubernetes.client.ApiException as error:
+            if error.status == 410:
+                raise Expired("the watched version is gone") from None
+            raise
+
+    def _apply(self, function: Callable[..., None], *args: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(function, *args)
+
+    # -- on the event loop --
+
+    def _replace(self, scope: str, listed: dict[Key, str]) -> None:
+        """A fresh list: whatever moved while nobody watched counts as a change.
+
+        At the first list nothing was watched before: a Secret counts as changed only if a pass read it
+        at another version (it changed between that read and the list)."""
+        mine = {k for k in self.versions if not scope or k[0] == scope}
+        first = not mine and scope not in self.synced
+        for key in mine - listed.keys():
+            self._changed(key, None)
+        for key, version in listed.items():
+            if first:
+                self.versions[key] = version
+                kept = self.bodies.get(key)
+                if kept is not None and kept.version != version:
+                    self._changed(key, version, moved=True)
+            else:
+                self._changed(key, version)
+        self.synced.add(scope)
+
+    def _changed(self, key: Key, version: str | None, *, moved: bool = False) -> None:
+        if version is None:
+            self.versions.pop(key, None)
+        elif self.versions.get(key) == version and not moved:
+            return
+        else:
+            self.versions[key] = version
+        kept = self.bodies.get(key)
+        if kept is not None and kept.version != version:
+            del self.bodies[key]  # an old body is never served again: drop it now, not at eviction
+        self.notify(*key)
+
+
+def _events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(type, metadata) of each watch event; an ERROR event with 410 ends the watch with `Expired`."""
+    for line in lines:
+        if not line:
+            continue
+        event = json.loads(line)
+        obj = event.get("object") or {}
+        if event.get("type") == "ERROR":
+            if obj.get("code") == 410:
+                raise Expired(str(obj.get("message", "")))
+            raise RuntimeError(f"watch error {obj.get('code')}: {obj.get('reason')}")
+        yield str(event.get("type")), obj.get("metadata") or {}
