@@ -58,6 +58,7 @@ async def _operate(config: settings_module.Settings, memo: Any) -> int:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    _size_kube_threads(asyncio.get_running_loop())
     metrics: Metrics = memo["metrics"]
     # Health and metrics are served from the start, also while a replica stands by.
     server = web.AppRunner(metrics.app(memo["budget"]), access_log=None)
@@ -105,6 +106,23 @@ async def _operate(config: settings_module.Settings, memo: Any) -> int:
         return 1
     finally:
         await server.cleanup()
+
+
+KUBE_THREADS = 16
+
+
+def _size_kube_threads(loop: asyncio.AbstractEventLoop) -> None:
+    """The kubernetes client is synchronous and runs in the default executor: on 2 cores Python gives it 6
+    threads, which a thousand first passes (Secret reads, status patches) queue behind. Threads and the
+    client's connection pool get the same size, so no connection is opened and thrown away."""
+    import concurrent.futures
+
+    import kubernetes
+
+    configuration = kubernetes.client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = KUBE_THREADS
+    kubernetes.client.Configuration.set_default(configuration)
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(KUBE_THREADS, thread_name_prefix="kube"))
 
 
 async def _lead(elector: Elector, operator: Callable[[], Coroutine[Any, Any, None]], stop: asyncio.Event) -> int:
