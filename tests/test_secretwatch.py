@@ -139,5 +139,10 @@ async def test_the_watch_sees_every_change_and_reads_happen_only_after_one(
         await until("the deletion", lambda: changed.count((namespace, "watched")) == 2)
         assert await layer.read_secret(namespace, "watched") is None and reads == 3
     finally:
-        s.stop()
+        stopping = time.monotonic()
+        s.stop()  # must not wait for the server to end the watch (240 s): the operator's stop waits on it
+        for thread in s._threads:
+            thread.join(timeout=20)
+        stopped_after = time.monotonic() - stopping
         api.close()
+    assert stopped_after < 20 and not [t.name for t in s._threads if t.is_alive()]

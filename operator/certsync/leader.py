@@ -20,6 +20,7 @@ resolved by the operator's write-ahead record, never by a second write.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
@@ -340,6 +341,11 @@ class KubernetesLeases:
         config = kubernetes.client.Configuration.get_default_copy()
         config.retries = False  # urllib3 would otherwise retry a refused connection past our deadline
         self.api = kubernetes.client.CoordinationV1Api(kubernetes.client.ApiClient(config))
+        # Threads of its own: a thousand passes queueing in the default executor must never delay a renewal.
+        self._threads = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="lease")
+
+    async def _in_thread(self, call: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, call)
 
     async def get(self, timeout: float) -> LeaseRecord | None:
         def read() -> Any:
@@ -350,7 +356,7 @@ class KubernetesLeases:
                     return None
                 raise
 
-        lease = await asyncio.to_thread(read)
+        lease = await self._in_thread(read)
         return None if lease is None else _record(lease)
 
     async def create(self, record: LeaseRecord, timeout: float) -> LeaseRecord:
@@ -384,7 +390,7 @@ class KubernetesLeases:
                     raise Conflict("the lease changed meanwhile") from None
                 raise
 
-        return _record(await asyncio.to_thread(write))
+        return _record(await self._in_thread(write))
 
 
 def _record(lease: Any) -> LeaseRecord:

@@ -87,13 +87,16 @@ class SecretStore:
             self._threads.append(thread)
 
     def stop(self) -> None:
-        """Ends the threads soon: their open watch is closed under them."""
+        """Ends the threads soon: the socket of each open watch is shut down under its reader.
+
+        Never `close()` here: it waits for the reading thread's buffer lock, which would block the event loop
+        until the server ends the watch (minutes). `shutdown()` wakes the reader at once."""
         self._stop.set()
         for response in list(self._responses):
             try:
-                response.close()
-            except Exception:  # closing a stream another thread reads may fail in many ways; it ends either way
-                log.debug("closing a Secret watch failed", exc_info=True)
+                response.shutdown()
+            except Exception:  # the stream may be ending by itself meanwhile; the thread ends either way
+                log.debug("shutting down a Secret watch failed", exc_info=True)
 
     # -- the thread --
 
