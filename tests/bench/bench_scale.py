@@ -487,6 +487,8 @@ def measure_restart_and_rotation(
     with operator(cluster.operator_kubeconfig, operator_log, *flags) as running:
         deadline = started + RESTART_CAP_S
         while reconcile_passes(running.metrics_url) < n and time.monotonic() < deadline:
+            if running.process.poll() is not None:
+                raise RuntimeError(f"the restarted operator exited with {running.process.returncode}")
             time.sleep(POLL_READY_S)
         passes = reconcile_passes(running.metrics_url)
         restart["passes"] = int(passes)
@@ -670,7 +672,9 @@ def fmt_pct(figures: dict[str, float] | None) -> str:
     return f"{figures['p50'] * 1000:.0f} / {figures['p95'] * 1000:.0f} / {figures['p99'] * 1000:.0f} ms"
 
 
-def report(scale: list[ScaleFigures], unrelated: UnrelatedFigures | None, baseline: ScaleFigures | None) -> None:
+def report(
+    scale: list[ScaleFigures], unrelated: UnrelatedFigures | None, baseline: ScaleFigures | None, failures: list[str]
+) -> None:
     print()
     print(f"certsync scale benchmark: {machine()}")
     print()
@@ -774,6 +778,8 @@ def report(scale: list[ScaleFigures], unrelated: UnrelatedFigures | None, baseli
         "steady < 130 MB; CDN <= 1.1 calls per new certificate; restart: 0 remote writes, 0 status writes; "
         "rotation p50 < 1 s"
     )
+    for failure in failures:
+        print(f"FAILED {failure}")
 
 
 def table(header: list[str], rows: list[list[str]]) -> None:
@@ -806,15 +812,24 @@ def main(argv: list[str] | None = None) -> int:
     (workdir / "root.pem").write_bytes(certs.root_pem)
     scale: list[ScaleFigures] = []
     unrelated = None
+    failures: list[str] = []
     try:
         with cluster(workdir) as running:
             for n in args.n:
-                scale.append(run_scale(running, n, certs, workdir, args))
+                try:
+                    scale.append(run_scale(running, n, certs, workdir, args))
+                except (RuntimeError, OSError, httpx.HTTPError, AssertionError) as error:
+                    failures.append(f"N={n}: {type(error).__name__}: {error}")  # the next N may still run
+                    log(failures[-1])
             if args.unrelated_secrets > 0:
-                unrelated = run_unrelated(running, args.unrelated_secrets, args.unrelated_n, certs, workdir, args)
+                try:
+                    unrelated = run_unrelated(running, args.unrelated_secrets, args.unrelated_n, certs, workdir, args)
+                except (RuntimeError, OSError, httpx.HTTPError, AssertionError) as error:
+                    failures.append(f"unrelated Secrets: {type(error).__name__}: {error}")
+                    log(failures[-1])
     finally:
         baseline = next((f for f in scale if f.n == args.unrelated_n), None)
-        report(scale, unrelated, baseline)
+        report(scale, unrelated, baseline, failures)
         (workdir / "figures.json").write_text(
             json.dumps([f.__dict__ for f in scale], default=lambda o: o.__dict__, indent=1)
         )
