@@ -345,7 +345,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
-def operator_flags(namespaces: list[str], remotes: Emulators) -> list[str]:
+def operator_flags(namespaces: list[str], remotes: Emulators, leader_election: str) -> list[str]:
     endpoints = ",".join(e.url + "/" for e in remotes.all)
     return [
         "--allowed-endpoints",
@@ -354,6 +354,8 @@ def operator_flags(namespaces: list[str], remotes: Emulators) -> list[str]:
         ",".join(namespaces),
         "--cdn-budget-per-minute",
         UNLIMITED,
+        "--leader-election",
+        leader_election,
     ]
 
 
@@ -362,26 +364,47 @@ class StartFigures:
     ready: int
     seconds: float | None  # to all Ready; None when the cap passed first
     rss_peak: int
-    rss_steady: int
-    cpu: float  # to all Ready (or to the cap)
+    rss_steady: int  # 0 when the operator exited
+    cpu: float  # to all Ready (or to the cap, or to its exit)
     not_ready: str
+    exited: str = ""  # why the operator exited on its own, if it did
 
 
-def measure_start(api: Api, running: OperatorProcess, namespaces: str, n: int, started: float) -> StartFigures:
-    """Poll until all N are Ready (or the cap), then let it settle and read the steady RSS."""
+def last_error(operator_log: Path) -> str:
+    """The message of the operator's last error line (its log is JSON lines)."""
+    for line in reversed(operator_log.read_text(errors="replace").splitlines()):
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict) and entry.get("level") in ("error", "critical"):
+                return str(entry.get("message", ""))[:200]
+    return "no error logged"
+
+
+def measure_start(
+    api: Api, running: OperatorProcess, namespace: str, n: int, started: float, operator_log: Path
+) -> StartFigures:
+    """Poll until all N are Ready (or the cap, or the operator's exit), then let it settle and read the steady RSS."""
     pid = running.process.pid
-    count, items, seconds = 0, [], None
+    count, items, seconds, exited = 0, [], None, ""
+    memory, cpu = {"VmHWM": 0, "VmRSS": 0}, 0.0
     while time.monotonic() - started < READY_CAP_S:
+        with contextlib.suppress(OSError, KeyError):  # sampled before poll() reaps an exited process
+            memory, cpu = proc_status(pid), cpu_seconds(pid)
         if running.process.poll() is not None:
-            raise RuntimeError(f"the operator exited with {running.process.returncode}")
-        items = list_resources(api, namespaces)
+            elapsed = time.monotonic() - started
+            exited = f"exited with {running.process.returncode} after {elapsed:.0f} s: {last_error(operator_log)}"
+            log(f"the operator {exited}")
+            break
+        items = list_resources(api, namespace)
         count = sum(ready(item) for item in items)
         if count >= n:
             seconds = time.monotonic() - started
+            cpu = cpu_seconds(pid)
             break
         time.sleep(POLL_READY_S)
-    cpu = cpu_seconds(pid)
     log(f"{count}/{n} Ready after {time.monotonic() - started:.1f}s, {cpu:.1f} CPU s")
+    if exited:
+        return StartFigures(count, None, memory["VmHWM"], 0, cpu, not_ready_reasons(items), exited)
     time.sleep(STEADY_AFTER_S)  # a measurement period, not a wait for a condition
     memory = proc_status(pid)
     return StartFigures(count, seconds, memory["VmHWM"], memory["VmRSS"], cpu, not_ready_reasons(items))
@@ -441,13 +464,13 @@ def run_scale(cluster: Cluster, n: int, certs: Certificates, workdir: Path, args
     with emulators(n // 2 + 1, root_pem, args.pending_seconds) as remotes:
         log(f"N={n}: creating {n} resources and their Secrets in {namespace}")
         resources = populate(api, namespace, n, certs, remotes)
-        flags = operator_flags([namespace], remotes)
+        flags = operator_flags([namespace], remotes, args.leader_election)
         operator_log = workdir / f"operator-{n}.log"
         before, own_before = api.request_counts(), collections.Counter(api.own_lists)
         log(f"N={n}: starting the operator (log {operator_log})")
         started = time.monotonic()
         with operator(cluster.operator_kubeconfig, operator_log, *flags) as running:
-            start = measure_start(api, running, namespace, n, started)
+            start = measure_start(api, running, namespace, n, started, operator_log)
             after = api.request_counts()
             own = collections.Counter(api.own_lists)
             own.subtract(own_before)
@@ -460,7 +483,7 @@ def run_scale(cluster: Cluster, n: int, certs: Certificates, workdir: Path, args
             {a: {call: c / max(per_api[a], 1) for call, c in sorted(counts[a].items())} for a in counts},
             {k: v / n for k, v in sorted(kube_delta(before, after, own).items())},
         )
-        if start.ready < n:
+        if start.ready < n or start.exited:
             log(f"N={n}: not all Ready ({start.not_ready}); restart and rotation skipped")
             return figures
         figures.restart, figures.rotation = measure_restart_and_rotation(
@@ -631,9 +654,11 @@ def run_unrelated(
         log(f"unrelated: starting the operator on {namespace} and {other} (log {operator_log})")
         started = time.monotonic()
         with operator(
-            cluster.operator_kubeconfig, operator_log, *operator_flags([namespace, other], remotes)
+            cluster.operator_kubeconfig,
+            operator_log,
+            *operator_flags([namespace, other], remotes, args.leader_election),
         ) as running:
-            start = measure_start(api, running, namespace, n, started)
+            start = measure_start(api, running, namespace, n, started, operator_log)
     return UnrelatedFigures(count, n, start)
 
 
@@ -673,10 +698,15 @@ def fmt_pct(figures: dict[str, float] | None) -> str:
 
 
 def report(
-    scale: list[ScaleFigures], unrelated: UnrelatedFigures | None, baseline: ScaleFigures | None, failures: list[str]
+    scale: list[ScaleFigures],
+    unrelated: UnrelatedFigures | None,
+    baseline: ScaleFigures | None,
+    failures: list[str],
+    setup: str,
 ) -> None:
     print()
     print(f"certsync scale benchmark: {machine()}")
+    print(setup)
     print()
     header = [
         "N",
@@ -694,7 +724,7 @@ def report(
         rows.append(
             [
                 str(f.n),
-                f"{f.start.ready}/{f.n}",
+                f"{f.start.ready}/{f.n}" + (" (exited)" if f.start.exited else ""),
                 fmt_s(f.start.seconds),
                 f"{f.start.rss_peak / MB:.0f} MB",
                 f"{f.start.rss_steady / MB:.0f} MB",
@@ -756,6 +786,8 @@ def report(
             f"N={f.n}: kube API requests per resource (all clients but this benchmark's polls; no controller-manager runs)"
         )
         print("  " + ", ".join(f"{call} {v:.2f}" for call, v in sorted(f.kube_calls.items(), key=lambda kv: -kv[1])))
+        if f.start.exited:
+            print(f"N={f.n}: the operator {f.start.exited}")
         if f.start.ready < f.n:
             print(f"N={f.n}: not Ready: {f.start.not_ready}")
     if unrelated:
@@ -770,7 +802,7 @@ def report(
         print(
             f"{unrelated.secrets} unrelated Opaque Secrets of {UNRELATED_SECRET_BYTES // 1024} KB + N={unrelated.n}: "
             f"RSS peak {s.rss_peak / MB:.0f} MB, steady {s.rss_steady / MB:.0f} MB, {s.ready}/{unrelated.n} Ready "
-            f"after {fmt_s(s.seconds)}, CPU {s.cpu:.1f} s{base}"
+            f"after {fmt_s(s.seconds)}, CPU {s.cpu:.1f} s{base}" + (f"; the operator {s.exited}" if s.exited else "")
         )
     print()
     print(
@@ -799,6 +831,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unrelated-secrets", type=int, default=2000, help="0 skips the second scenario")
     parser.add_argument("--unrelated-n", type=int, default=100, help="resources beside the unrelated Secrets")
     parser.add_argument("--pending-seconds", type=float, default=1.0, help="how long an emulator write stays pending")
+    parser.add_argument(
+        "--leader-election", choices=["true", "false"], default="true", help="the operator's setting (default: true)"
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke check: N=100 and 300 unrelated Secrets")
     args = parser.parse_args(argv)
     if args.quick:
@@ -829,7 +864,11 @@ def main(argv: list[str] | None = None) -> int:
                     log(failures[-1])
     finally:
         baseline = next((f for f in scale if f.n == args.unrelated_n), None)
-        report(scale, unrelated, baseline, failures)
+        setup = (
+            f"operator: leader election {args.leader_election}, CDN budget {UNLIMITED}/min; emulators: limits "
+            f"{UNLIMITED}, writes pending {args.pending_seconds:g} s, CDN logins 20/min per account"
+        )
+        report(scale, unrelated, baseline, failures, setup)
         (workdir / "figures.json").write_text(
             json.dumps([f.__dict__ for f in scale], default=lambda o: o.__dict__, indent=1)
         )
