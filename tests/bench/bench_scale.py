@@ -331,12 +331,14 @@ def not_ready_reasons(items: list[dict[str, Any]]) -> str:
 
 
 def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (the peak) of a process, in bytes."""
+    """VmRSS and VmHWM (the peak) of a process, in bytes (an exited process not reaped yet has neither)."""
     values = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, rest = line.partition(":")
         if key in ("VmRSS", "VmHWM"):
             values[key] = int(rest.split()[0]) * 1024
+    if len(values) < 2:
+        raise ProcessLookupError(f"process {pid} has exited (no memory left to read)")
     return values
 
 
