@@ -781,7 +781,8 @@ def report(
     table(header, rows)
     for f in scale:
         print()
-        print(f"N={f.n}: remote calls per resource of that API, to all Ready (+{STEADY_AFTER_S:.0f} s)")
+        until = f"all Ready (+{STEADY_AFTER_S:.0f} s)" if f.start.seconds is not None else "the end of the start phase"
+        print(f"N={f.n}: remote calls per resource of that API, from the operator's start to {until}")
         for api_name, calls in f.remote_calls.items():
             print(f"  {api_name}: " + ", ".join(f"{call} {v:.2f}" for call, v in calls.items()))
         print(
