@@ -3,7 +3,8 @@
 The control API lives under `/_emulator/` and is never part of a provider's API:
 
     GET  /_emulator/calls    counts by method and path template, every call in order (with the sending
-                             replica's X-Certsync-Replica), and how many are in flight
+                             replica's X-Certsync-Replica), and how many are in flight; `?since=K` lists
+                             only the calls from index K on (`total` says where the next poll starts)
     POST /_emulator/faults   {"kind": "429"|"503"|"latency"|"drop"|"lose"|"status", "count": N,
                               "retryAfter": S (429 only), "seconds": S (latency only),
                               "status": code (status only: the provider's own error code),
@@ -154,9 +155,14 @@ def fault_middleware(core: EmulatorCore, status_answer: StatusAnswer) -> Middlew
 
 
 def control_routes(core: EmulatorCore, reset_state: Callable[[], None]) -> list[web.RouteDef]:
-    async def calls(_: web.Request) -> web.Response:
-        calls = [c.as_json() for c in core.calls]
-        return json_response({"counts": core.counts(), "calls": calls, "inflight": core.inflight})
+    async def calls(request: web.Request) -> web.Response:
+        since = request.query.get("since", "0")
+        if not since.isdigit():
+            return json_response({"error": "since must be a call index (0 or more)"}, 400)
+        calls = [c.as_json() for c in core.calls[int(since) :]]
+        return json_response(
+            {"counts": core.counts(), "calls": calls, "inflight": core.inflight, "total": len(core.calls)}
+        )
 
     async def faults(request: web.Request) -> web.Response:
         body = await request.json()

@@ -58,8 +58,11 @@ def test_emulator_process_serves_and_stops_on_sigterm(args: list[str]) -> None:
             assert ("auth_token" in answer.json()) == ("auth-token" in args)
             dialects = sorted(args[i + 1] for i, arg in enumerate(args) if arg == "--dialect")
             assert httpx.get(f"{url}/_emulator/config").json() == {"dialects": dialects}
+        assert httpx.get(f"{url}/_emulator/calls", params={"since": "-1"}).status_code == 400
         calls = httpx.get(f"{url}/_emulator/calls").json()
-        assert sum(calls["counts"].values()) == 1
+        assert sum(calls["counts"].values()) == 1 and calls["total"] == len(calls["calls"]) == 1
+        later = httpx.get(f"{url}/_emulator/calls", params={"since": "1"}).json()  # a poller's next page: empty
+        assert later["calls"] == [] and later["total"] == 1 and later["counts"] == calls["counts"]
         if "--failing-deployment" in args:  # the flags reach the configuration
             config = httpx.get(f"{url}/_emulator/config").json()
             assert config == {
