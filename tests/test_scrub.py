@@ -24,7 +24,7 @@ def fragments(secret: str, size: int = FRAGMENT) -> set[str]:
     """Every `size`-character window of the secret (its base64 body for a PEM)."""
     bodies = [line for line in secret.splitlines() if not line.startswith("-----")] or [secret]
     joined = "".join(bodies)
-    return {joined[i : i + size] for i in range(len(joined) - size + 1)} | {b for b in bodies if len(b) < size}
+    return {joined[i : i + size] for i in range(len(joined) - size + 1)} | {b for b in bodies if b and len(b) < size}
 
 
 def leaks(text: str, secret: str) -> list[str]:
@@ -98,6 +98,13 @@ def test_messages_without_secrets_are_kept() -> None:
 
 def test_empty_and_none_secrets_change_nothing() -> None:
     assert Scrubber.of(None, "", b"").short("status 450: invalid request") == "status 450: invalid request"
+
+
+def test_a_private_key_scrubber_stays_small() -> None:
+    """One is built per remote call: a thousand queued calls must not hold a gigabyte of windows."""
+    windows = Scrubber.of(RSA_PEM).grams
+    assert len(windows) <= 2 * len(RSA_PEM)  # every form of the key, one window in STRIDE
+    assert all(len(w) == scrub.GRAM for w in windows)
 
 
 def test_large_inputs_cost_linear_time() -> None:

@@ -573,8 +573,8 @@ class CdnClient:
     ) -> T:
         """One API call with its retries: the parsed `data` of the envelope, or a typed error, scrubbed."""
         idempotent = method in ("GET", "DELETE")  # a write is never re-sent inside a call
-        sent = [v for v in body.values() if isinstance(v, str)] if isinstance(body, dict) else []
-        scrubber = Scrubber.of(*access.secrets(), *sent)
+        key = body.get("private_key") if isinstance(body, dict) else None  # certificates are public
+        scrubber = Scrubber.of(*access.secrets(), key if isinstance(key, str) else None)
         kwargs: dict[str, Any] = {"sleep": self._sleep} if self._sleep else {}
         try:
             data = await with_retries(

@@ -35,6 +35,11 @@ from dataclasses import dataclass, field
 
 REDACTED = "[redacted]"
 FRAGMENT = 16  # a run this long shared with a long secret is removed
+# Only every STRIDE-th window of a secret is kept, GRAM long: any FRAGMENT-long run of the secret still contains
+# one whole, and a match is widened by STRIDE - 1 on each side to cover the run. A quarter of the memory and
+# of the time to build, which matters: a scrubber is built for every remote call, with the private key in it.
+STRIDE = 4
+GRAM = FRAGMENT - STRIDE + 1
 MAX_MESSAGE = 200  # what status, Events and exception messages keep of a remote's text
 MAX_INPUT = 64 * 1024  # texts are cut to this before scrubbing (linear cost, bounded)
 
@@ -113,7 +118,7 @@ class Scrubber:
             for piece in [value, *_pem_bodies(value)]:
                 for form in _variants(piece):
                     if len(form) >= FRAGMENT:
-                        grams.update(form[i : i + FRAGMENT] for i in range(len(form) - FRAGMENT + 1))
+                        grams.update(form[i : i + GRAM] for i in range(0, len(form) - GRAM + 1, STRIDE))
                     else:
                         exact.add(form)
         return cls(tuple(sorted(exact, key=len, reverse=True)), frozenset(grams))
@@ -154,17 +159,18 @@ class Scrubber:
         return clean if len(clean) <= limit else clean[: limit - 1] + "…"
 
     def _fragment_spans(self, text: str) -> list[tuple[int, int]]:
-        """Every maximal run covered by FRAGMENT-long windows that occur in a secret."""
+        """Every maximal run covered by the kept windows of a secret, each widened by STRIDE - 1 on both sides."""
         if not self.grams:
             return []
-        grams, size = self.grams, FRAGMENT
+        grams, wide = self.grams, STRIDE - 1
         spans: list[tuple[int, int]] = []
-        for start in range(len(text) - size + 1):
-            if text[start : start + size] in grams:
-                if spans and start <= spans[-1][1]:
-                    spans[-1] = (spans[-1][0], start + size)
+        for start in range(len(text) - GRAM + 1):
+            if text[start : start + GRAM] in grams:
+                low, high = max(0, start - wide), min(len(text), start + GRAM + wide)
+                if spans and low <= spans[-1][1]:
+                    spans[-1] = (spans[-1][0], high)
                 else:
-                    spans.append((start, start + size))
+                    spans.append((low, high))
         return spans
 
     def _exact_spans(self, text: str) -> list[tuple[int, int]]:
