@@ -102,7 +102,10 @@ def test_empty_and_none_secrets_change_nothing() -> None:
 
 def test_a_private_key_scrubber_stays_small() -> None:
     """One is built per remote call: a thousand queued calls must not hold a gigabyte of windows."""
-    windows = Scrubber.of(RSA_PEM).grams
+    scrubber = Scrubber.of(RSA_PEM)
+    assert "grams" not in vars(scrubber)  # a call waiting in the queue holds no windows yet
+    assert REDACTED in scrubber.short(f"echo: {RSA_PEM[40:90]}")
+    windows = scrubber.grams
     assert len(windows) <= 2 * len(RSA_PEM)  # every form of the key, one window in STRIDE
     assert all(len(w) == scrub.GRAM for w in windows)
 

@@ -27,6 +27,7 @@ which is far beyond anything that is kept (`MAX_MESSAGE`).
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 import urllib.parse
@@ -97,10 +98,13 @@ def _pem_bodies(value: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Scrubber:
-    """Removes the given secrets (and everything that looks like a credential) from texts. Cheap to build."""
+    """Removes the given secrets (and everything that looks like a credential) from texts.
+
+    Cheap to build: the windows of long secrets are made on the first scrub, so a call waiting its turn
+    holds only the secret's forms, and a call that succeeds without anything to scrub never makes them."""
 
     exact: tuple[str, ...] = ()
-    grams: frozenset[str] = field(default=frozenset(), repr=False)
+    long: tuple[str, ...] = field(default=(), repr=False)  # forms of at least FRAGMENT characters
 
     @classmethod
     def of(cls, *secrets: str | bytes | Iterable[str | bytes | None] | None) -> Scrubber:
@@ -111,22 +115,24 @@ class Scrubber:
             else:
                 values.extend(_text(s) for s in secret)
         exact: set[str] = set()
-        grams: set[str] = set()
+        long: set[str] = set()
         for value in values:
             if not value:
                 continue
             for piece in [value, *_pem_bodies(value)]:
                 for form in _variants(piece):
-                    if len(form) >= FRAGMENT:
-                        grams.update(form[i : i + GRAM] for i in range(0, len(form) - GRAM + 1, STRIDE))
-                    else:
-                        exact.add(form)
-        return cls(tuple(sorted(exact, key=len, reverse=True)), frozenset(grams))
+                    (long if len(form) >= FRAGMENT else exact).add(form)
+        return cls(tuple(sorted(exact, key=len, reverse=True)), tuple(sorted(long)))
 
     def with_secrets(self, *secrets: str | bytes | None) -> Scrubber:
         more = Scrubber.of(*secrets)
         exact = tuple(sorted(set(self.exact) | set(more.exact), key=len, reverse=True))
-        return Scrubber(exact, self.grams | more.grams)
+        return Scrubber(exact, tuple(sorted(set(self.long) | set(more.long))))
+
+    @functools.cached_property
+    def grams(self) -> frozenset[str]:
+        """One GRAM-long window in STRIDE of every long form."""
+        return frozenset(form[i : i + GRAM] for form in self.long for i in range(0, len(form) - GRAM + 1, STRIDE))
 
     def scrub(self, text: object) -> str:
         """`text` without any secret or credential; not cut (beyond `MAX_INPUT`), not flattened.
