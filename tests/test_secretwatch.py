@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,8 +42,9 @@ def test_a_secret_changed_between_a_pass_and_the_first_list_wakes_its_resources(
     changed: list[tuple[str, str]] = []
     s = store(changed)
     s.keep("ns", "read-early", view("1"))  # a first pass read version 1
-    s._replace("ns", {("ns", "read-early"): "2", ("ns", "untouched"): "5"})
-    assert changed == [("ns", "read-early")]
+    s.keep("ns", "read-current", view("4"))  # another read the version the list has: nothing to report
+    s._replace("ns", {("ns", "read-early"): "2", ("ns", "read-current"): "4", ("ns", "unread"): "5"})
+    assert sorted(changed) == [("ns", "read-early"), ("ns", "unread")]  # only resources naming them are woken
     assert s.fresh("ns", "read-early") is None and "read-early" not in {k[1] for k in s.bodies}
 
 
@@ -50,6 +53,7 @@ def test_a_relist_reports_what_moved_or_vanished_while_nobody_watched() -> None:
     s = store(changed)
     s._replace("ns", {("ns", "same"): "1", ("ns", "moved"): "1", ("ns", "gone"): "1"})
     s.keep("ns", "moved", view("1"))
+    changed.clear()
     s._replace("ns", {("ns", "same"): "1", ("ns", "moved"): "7", ("ns", "new"): "8"})
     assert sorted(changed) == [("ns", "gone"), ("ns", "moved"), ("ns", "new")]
     assert s.fresh("ns", "moved") is None and s.fresh("ns", "gone") is None
@@ -60,6 +64,7 @@ def test_watch_events_move_versions_and_drop_stale_bodies() -> None:
     s = store(changed)
     s._replace("ns", {("ns", "a"): "1"})
     s.keep("ns", "a", view("1"))
+    changed.clear()
     s._changed(("ns", "a"), "1")  # the same version again (a relist overlap): no wake
     assert changed == [] and s.fresh("ns", "a") is not None
     s._changed(("ns", "a"), "2")
@@ -83,6 +88,112 @@ def test_an_expired_watch_is_told_apart_from_a_failure() -> None:
         list(secretwatch._events(lines))
     with pytest.raises(RuntimeError, match="watch error 500"):
         list(secretwatch._events(iter(['{"type": "ERROR", "object": {"code": 500, "reason": "x"}}'])))
+
+
+# --- what the reviewer found: every change between a pass and a list is reported ----------------------------
+
+
+def test_a_secret_created_after_a_pass_found_it_missing_wakes_at_the_first_list() -> None:
+    """Startup: a pass reads Secret `tls` (not synced yet, so a real read) -> 404 -> SecretNotFound (stalled, waits
+    for the Secret to change). The Secret is created (cert-manager) before the first list reaches it: the list
+    is applied in 'first' mode, which notifies only Secrets whose body was kept -> no wake, ever."""
+    changed: list[tuple[str, str]] = []
+    s = store(changed)
+    # the pass: fresh() is None (not synced), _read_secret -> None (404), nothing kept
+    assert s.fresh("ns", "tls") is None
+    s._replace("ns", {("ns", "tls"): "7"})  # the first list sees the new Secret
+    assert ("ns", "tls") in changed, "resource stuck at SecretNotFound: nobody is woken"
+
+
+def test_a_secret_deleted_between_a_pass_and_the_first_list_wakes() -> None:
+    changed: list[tuple[str, str]] = []
+    s = store(changed)
+    s.keep("ns", "tls", view("1"))  # a first pass read and kept version 1
+    s._replace("ns", {})  # the Secret was deleted before the first list
+    assert ("ns", "tls") in changed, "deletion before the first list is never reported"
+
+
+def test_a_relist_after_a_failure_in_an_empty_namespace_reports_new_secrets() -> None:
+    """Namespace-scoped operator, namespace empty at start. The watch fails (API server restart), `synced` is
+    discarded; meanwhile the Secret is created; the relist is taken for a *first* list (nothing known in the
+    scope) -> no wake."""
+    changed: list[tuple[str, str]] = []
+    s = store(changed)
+    s._replace("ns", {})  # first list: empty namespace
+    s.synced.discard("ns")  # what _run does on a watch failure
+    s._replace("ns", {("ns", "tls"): "9"})  # relist after the backoff
+    assert ("ns", "tls") in changed, "a Secret created while the watch was down is never reported"
+
+
+async def test_a_read_in_flight_during_the_first_list_is_woken_to_see_the_newer_version() -> None:
+    """A pass's read is in flight when the first list is applied; the Secret moved meanwhile. The read returns
+    the old body (kept), the list's version is newer: no wake, and the pass reconciles the old certificate."""
+    changed: list[tuple[str, str]] = []
+    s = store(changed)
+    layer = KubeLayer(secrets=s)
+    gate = asyncio.Event()
+
+    async def slow_read(ns: str, name: str) -> SecretView | None:
+        await gate.wait()  # the GET was answered before the update, the answer is processed later
+        return view("1", b"old")
+
+    layer._read_secret = slow_read  # type: ignore[method-assign]
+    read = asyncio.create_task(layer.read_secret("ns", "tls"))
+    await asyncio.sleep(0)
+    s._replace("ns", {("ns", "tls"): "2"})  # first list: the Secret is at version 2 now
+    gate.set()
+    got = await read
+    assert got is not None and got.version == "1"  # the pass goes on with version 1 ...
+    assert ("ns", "tls") in changed, "... and is never woken to see version 2"
+
+
+# --- stop() racing a watch being opened -------------------------------------------------------------------------
+
+
+class _Resp:
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+
+    def shutdown(self) -> None:
+        self.closed.set()
+
+    def release_conn(self) -> None:
+        pass
+
+    def lines(self) -> Any:
+        self.closed.wait(5.0)  # a real watch: blocks until data, the server's timeout, or shutdown
+        return iter(())
+
+
+class _Core:
+    def __init__(self, opened: threading.Event, proceed: threading.Event) -> None:
+        self.opened, self.proceed = opened, proceed
+
+    def list_namespaced_secret(self, namespace: str, **kwargs: Any) -> Any:
+        if not kwargs.get("watch"):
+
+            class Page:
+                data = json.dumps({"items": [], "metadata": {"resourceVersion": "1"}}).encode()
+
+            return Page()
+        self.opened.set()  # the watch request is sent; the answer's headers are on their way
+        self.proceed.wait(5.0)
+        return _Resp()
+
+
+async def test_a_stop_while_a_watch_is_being_opened_ends_the_thread_soon(monkeypatch: Any) -> None:
+    monkeypatch.setattr(secretwatch, "iter_resp_lines", lambda response: response.lines())
+    opened, proceed = threading.Event(), threading.Event()
+    s = store([])
+    s.core = _Core(opened, proceed)
+    s.start()
+    assert await asyncio.to_thread(opened.wait, 5.0)
+    s.stop()  # the operator stops now: no response registered yet, nothing is shut down
+    proceed.set()  # the watch's headers arrive just after
+    started = time.monotonic()
+    await asyncio.to_thread(s._threads[0].join, 3.0)
+    alive = s._threads[0].is_alive()
+    assert not alive, f"watch thread still reading {time.monotonic() - started:.1f}s after stop (a real watch: 240 s)"
 
 
 # --- against the control plane ---------------------------------------------------------------------------------
@@ -123,6 +234,8 @@ async def test_the_watch_sees_every_change_and_reads_happen_only_after_one(
     s.start()
     try:
         await until("the first list", lambda: namespace in s.synced)
+        await until("the first list's reports", lambda: (namespace, "watched") in changed)  # nobody had read it
+        changed.clear()
         assert {name for ns, name in s.versions if ns == namespace} >= {"watched", *(f"other-{n}" for n in range(20))}
         assert all(isinstance(v, str) for v in s.versions.values())  # versions only: no body crosses the watch
         first = await layer.read_secret(namespace, "watched")

@@ -143,9 +143,17 @@ def test_metrics_bind_address() -> None:
         settings.load(["--metrics-bind-address", "localhost; rm"], {})
 
 
+def test_namespaces_are_names_not_patterns() -> None:
+    assert settings.load(["--namespaces", "team-a,b"], {}).namespaces == ("team-a", "b")
+    for bad in ("team-*", "!kube-system", "Team", "a_b"):
+        with pytest.raises(settings.SettingsError, match="namespace names"):
+            settings.load([], {"CERTSYNC_NAMESPACES": bad})
+
+
 def test_remote_concurrency_limits() -> None:
     default = settings.load([], {})
-    assert (default.remote_concurrency, default.remote_concurrency_per_target) == (32, 2)
+    assert (default.remote_concurrency, default.remote_concurrency_per_target, default.workers) == (32, 2, 32)
+    assert settings.load(["--workers", "4"], {}).workers == 4
     chosen = settings.load(["--remote-concurrency", "8"], {"CERTSYNC_REMOTE_CONCURRENCY_PER_TARGET": "1"})
     assert (chosen.remote_concurrency, chosen.remote_concurrency_per_target) == (8, 1)
     for bad in ("0", "-1", "two", "1001", " "):

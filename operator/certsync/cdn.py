@@ -515,13 +515,13 @@ class CdnClient:
     async def _login(self, access: CdnAccess, memory: _LoginMemory) -> str:
         scrubber = Scrubber.of(*access.secrets())
         scope = self.scope(access, "login")
-        self.gate.acquire(scope, self.login_window)
         request = self._http.build_request(
             "POST",
             f"{base_url(access.endpoint)}/app/oauth/v1/token/",
             data={"username": access.username, "password": access.password},
         )
         async with self.concurrency.slot(scope.target):
+            self.gate.acquire(scope, self.login_window)  # counted when sent, not when queued
             response = await send(self._http, request, "cdn", "login", observe=self.observe)
         now = round(self.clock(), 3)  # as exported: a refusal read back from status is the same refusal
         if response.status_code == 401:
@@ -596,11 +596,11 @@ class CdnClient:
             token = await self.token(access)
             with_token = scrubber.with_secrets(token)
             scope = self.scope(access)
-            self.gate.acquire(scope, self.window)
             url = f"{base_url(access.endpoint)}/app/ssl/v1/account/{access.account}/{path}"
             request = self._http.build_request(method, url, json=body, headers={"CDN-AUTH-TOKEN": token})
             call = f"{method} {path.split('/')[0]}"
             async with self.concurrency.slot(scope.target):
+                self.gate.acquire(scope, self.window)  # counted when sent, not when queued
                 response = await send(self._http, request, "cdn", call, observe=self.observe)
             refused = response.status_code in (401, 405)
             if not refused:

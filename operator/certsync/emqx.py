@@ -294,11 +294,11 @@ class EmqxClient:
         self, access: EmqxAccess, method: str, deployment_id: str, body: dict[str, str] | None, scrubber: Scrubber
     ) -> httpx.Response:
         scope, window = self.scope(access, deployment_id, method)
-        self.gate.acquire(scope, window)
         url = f"{base_url(access.endpoint)}/deployments/{deployment_id}/tls"
         request = self._http.build_request(method, url, json=body)
         auth = httpx.BasicAuth(access.api_key, access.api_secret)
         async with self.concurrency.slot(scope.target):
+            self.gate.acquire(scope, window)  # counted when sent, not when queued: the remote counts so
             response = await send(self._http, request, "emqx", CALLS[method], auth=auth, observe=self.observe)
         if response.is_success:
             return response

@@ -116,6 +116,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         ),
         kube=Kube(secrets=secrets),
         metrics=metrics,
+        workers=asyncio.Semaphore(config.workers),
     )
 
 
@@ -300,7 +301,8 @@ def _daemon(plural: str) -> None:
             w.forced.discard(key)
             rt.owners, rt.login_states = _owners(indices), _login_states(indices)
             try:
-                delay, failures = await one_pass(rt, _resource(plural, body, local, forced), failures)
+                async with rt.workers:
+                    delay, failures = await one_pass(rt, _resource(plural, body, local, forced), failures)
             except ResourceGone:
                 break
             await _sleep(wake, stopped, delay)

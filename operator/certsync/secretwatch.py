@@ -1,4 +1,4 @@
-"""Which Secrets changed, learnt from a metadata-only list and watch: no Secret body ever reaches this process here.
+"""Which Secrets changed, learnt from a metadata-only list and watch: Secret data never reaches this process here.
 
 A cluster's Secrets are mostly someone else's (Helm releases of 80 KB each, service tokens). Watching
 them whole would make the operator's memory grow with all of them; asking the API server for
@@ -48,6 +48,10 @@ class SecretStore:
     def __init__(self, namespaces: Iterable[str], notify: Notify, api_client: Any = None) -> None:
         self.scopes = tuple(namespaces) or ("",)  # "": the whole cluster
         self.notify = notify
+        if api_client is None:  # a pool of its own: each watch holds a connection for minutes
+            configuration = kubernetes.client.Configuration.get_default_copy()
+            configuration.connection_pool_maxsize = len(self.scopes) + 1
+            api_client = kubernetes.client.ApiClient(configuration)
         self.core: Any = kubernetes.client.CoreV1Api(api_client)
         self.versions: dict[Key, str] = {}
         self.bodies: OrderedDict[Key, SecretView] = OrderedDict()
@@ -109,12 +113,12 @@ class SecretStore:
                 failures = 0
                 while not self._stop.is_set():
                     version = self._watch(scope, version)
-            except Expired:
-                continue
             except Exception as error:
                 if self._stop.is_set():
                     return
                 failures += 1
+                if isinstance(error, Expired) and failures == 1:
+                    continue  # the usual end of an old watch: list again at once (a second one in a row waits)
                 delay = min(30.0, 0.5 * 2 ** min(failures, 6))
                 log.warning("watching Secrets%s failed (%s); listing again in %.1fs",
                             f" in {scope}" if scope else "", type(error).__name__, delay)  # fmt: skip
@@ -144,6 +148,8 @@ class SecretStore:
         }  # fmt: skip
         response = self._call(scope, kwargs)
         self._responses.add(response)
+        if self._stop.is_set():  # stop() ran while this watch was being opened: it did not see it
+            response.shutdown()
         try:
             for kind, meta in _events(iter_resp_lines(response)):  # type: ignore[no-untyped-call]
                 version = str(meta.get("resourceVersion") or version)
@@ -174,26 +180,24 @@ class SecretStore:
     def _replace(self, scope: str, listed: dict[Key, str]) -> None:
         """A fresh list: whatever moved while nobody watched counts as a change.
 
-        At the first list nothing was watched before: a Secret counts as changed only if a pass read it
-        at another version (it changed between that read and the list)."""
-        mine = {k for k in self.versions if not scope or k[0] == scope}
-        first = not mine and scope not in self.synced
-        for key in mine - listed.keys():
+        Every Secret is reported unless a pass already read it at the listed version: at the first list
+        that includes a Secret created after a pass found it missing, or changed while a pass read it.
+        Reports reach only the resources naming a Secret, so the rest cost a dictionary lookup."""
+        inside = {k for k in (*self.versions, *self.bodies) if not scope or k[0] == scope}
+        for key in inside - listed.keys():
             self._changed(key, None)
         for key, version in listed.items():
-            if first:
+            kept = self.bodies.get(key)
+            if kept is not None and kept.version == version:
                 self.versions[key] = version
-                kept = self.bodies.get(key)
-                if kept is not None and kept.version != version:
-                    self._changed(key, version, moved=True)
             else:
                 self._changed(key, version)
         self.synced.add(scope)
 
-    def _changed(self, key: Key, version: str | None, *, moved: bool = False) -> None:
+    def _changed(self, key: Key, version: str | None) -> None:
         if version is None:
             self.versions.pop(key, None)
-        elif self.versions.get(key) == version and not moved:
+        elif self.versions.get(key) == version:
             return
         else:
             self.versions[key] = version

@@ -25,6 +25,7 @@ _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@-]*$")
 
 
@@ -171,6 +172,8 @@ class Settings:
     # Remote calls in flight: overall, and per remote target (EMQX deployment, CDN account); beyond, calls queue.
     remote_concurrency: int = 32
     remote_concurrency_per_target: int = 2
+    # Passes running at once (client-go's workers): the others wait their turn, first come, first served.
+    workers: int = 32
     _allowed_prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
@@ -231,6 +234,7 @@ def parser() -> argparse.ArgumentParser:
         "--remote-concurrency-per-target",
         help="remote calls in flight per EMQX deployment or CDN account (CERTSYNC_REMOTE_CONCURRENCY_PER_TARGET)",
     )
+    p.add_argument("--workers", help="passes running at once (CERTSYNC_WORKERS)")
     p.add_argument("--emqx-budget-window", help="EMQX rate window, emulators only (CERTSYNC_EMQX_BUDGET_WINDOW)")
     return p
 
@@ -245,6 +249,10 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
     allowed = pick(args.allowed_endpoints, "CERTSYNC_ALLOWED_ENDPOINTS")
     namespaces = pick(args.namespaces, "CERTSYNC_NAMESPACES")
+    for namespace in _csv(namespaces or ""):
+        # kopf would take globs and negations; the Secret watch lists namespaces by name, so names only.
+        if not _NAMESPACE.match(namespace):
+            raise SettingsError(f"CERTSYNC_NAMESPACES takes namespace names, not {namespace!r}")
     port = pick(args.metrics_port, "CERTSYNC_METRICS_PORT") or "8080"
     bind = pick(args.metrics_bind_address, "CERTSYNC_METRICS_BIND_ADDRESS") or DEFAULT_METRICS_BIND
     try:
@@ -256,7 +264,12 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     budget = pick(args.cdn_budget_per_minute, "CERTSYNC_CDN_BUDGET_PER_MINUTE") or "20"
     concurrency = pick(args.remote_concurrency, "CERTSYNC_REMOTE_CONCURRENCY") or "32"
     per_target = pick(args.remote_concurrency_per_target, "CERTSYNC_REMOTE_CONCURRENCY_PER_TARGET") or "2"
-    limits = {"CERTSYNC_REMOTE_CONCURRENCY": concurrency, "CERTSYNC_REMOTE_CONCURRENCY_PER_TARGET": per_target}
+    workers = pick(args.workers, "CERTSYNC_WORKERS") or "32"
+    limits = {
+        "CERTSYNC_REMOTE_CONCURRENCY": concurrency,
+        "CERTSYNC_REMOTE_CONCURRENCY_PER_TARGET": per_target,
+        "CERTSYNC_WORKERS": workers,
+    }
     for name, value in limits.items():
         if not value.isdigit() or not 0 < int(value) <= 1000:
             raise SettingsError(f"{name} must be an integer from 1 to 1000, not {value!r}")
@@ -294,6 +307,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         cdn_budget_per_minute=int(budget),
         remote_concurrency=int(concurrency),
         remote_concurrency_per_target=int(per_target),
+        workers=int(workers),
         emqx_budget_window=emqx_window,
         leader_election=election == "true",
         lease_namespace=pick(args.lease_namespace, "CERTSYNC_LEASE_NAMESPACE") or "",

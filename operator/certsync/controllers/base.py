@@ -57,6 +57,8 @@ class Runtime:
     # Writes in flight with their record: a clean stop lets them finish before closing the clients.
     writes: set[asyncio.Future[Any]] = field(default_factory=set)
     cdn_list_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # Passes running at once: a thousand daemons take turns instead of crowding the loop (and the Lease renewal).
+    workers: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(32))
 
     def forget(self, key: tuple[str, str, str]) -> None:
         """A deleted resource leaves nothing behind in memory."""
