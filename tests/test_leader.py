@@ -292,6 +292,30 @@ async def test_a_leader_keeps_leading_through_errors_shorter_than_the_deadline()
     assert done.is_set() and elector.leading
 
 
+async def test_after_a_refused_renewal_the_next_try_comes_sooner() -> None:
+    """An API server shedding load (429) refuses a few renewals: a retry period each would leave few tries."""
+    store, clock = Store(), ManualClock()
+    elector, api = replica("a", store, clock)
+    assert await elector.try_acquire_or_renew()
+    waits: list[float] = []
+
+    class Enough(Exception):
+        pass
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock.advance(seconds)
+        api.failure = ConnectionRefusedError("429") if len(waits) in (1, 2) else None
+        if len(waits) == 5:
+            raise Enough
+
+    elector.sleep = sleep
+    with pytest.raises(Enough):
+        await elector.renew()
+    assert waits == [2.0, 0.5, 0.5, 2.0, 2.0]  # refused twice: two quick tries, then the usual period
+    assert store.record is not None and store.record.holder == "a"
+
+
 async def test_work_that_fails_is_reported_and_renewal_stops() -> None:
     elector, api = await leader_and_api()
 

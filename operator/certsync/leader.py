@@ -236,17 +236,22 @@ class Elector:
     async def renew(self) -> None:
         """Renew every retry period; raise `LeadershipLost` once another replica holds the Lease or the
         renew deadline passed without a successful renewal."""
+        failed = False
         while True:
-            await self.sleep(self.timing.retry_period)
+            # After a failure (an API server shedding load answers 429), try again sooner: a renewal that
+            # waits a whole retry period after each refusal gets only a few tries before the deadline.
+            await self.sleep(self.timing.retry_period / 4 if failed else self.timing.retry_period)
             await self._turn()
             try:
                 if not await self.try_acquire_or_renew():
                     raise LeadershipLost(f"the lease is held by {self.observed.holder if self.observed else '?'}")
                 self._last_error = ""
+                failed = False
             except LeadershipLost:
                 raise
             except Exception as error:
                 self._log_error("renewing the lease failed", error)
+                failed = True
             if self.clock() >= self.deadline():
                 raise LeadershipLost(f"could not renew the lease within {self.timing.renew_deadline:g}s")
 
