@@ -268,6 +268,20 @@ async def test_cdn_new_certificate_costs_one_write_and_no_detail_read(world: Wor
     assert len(calls(cdn)) == 2
 
 
+async def test_cdn_new_certificates_of_one_account_share_one_list(world: World, cdn: Emulator) -> None:
+    for n in range(5):
+        world.trusted_tls(f"tls-{n}", f"www{n}.shop.example")
+        await world.sync("cdncertificates", f"shop-{n}", cdn_spec(cdn, secretName=f"tls-{n}"))
+    assert calls(cdn).count("GET /app/ssl/v1/account/{account}/certificate/") == 1
+    assert calls(cdn).count("POST /app/ssl/v1/account/{account}/certificate/") == 5
+    # the same chain again under another name: the stale list misses it, the remote says 459, a fresh list adopts
+    world.kube.secrets[(NS, "tls-again")] = world.kube.secrets[(NS, "tls-0")]
+    await world.sync("cdncertificates", "shop-again", cdn_spec(cdn, secretName="tls-again"))
+    await world.sync("cdncertificates", "shop-again", cdn_spec(cdn, secretName="tls-again"))
+    assert calls(cdn).count("POST /app/ssl/v1/account/{account}/certificate/") == 6  # the refused one
+    assert world.status("shop-again")["seq"] == world.status("shop-0")["seq"]
+
+
 async def test_cdn_chain_only_change_is_one_patch(world: World, cdn: Emulator) -> None:
     chain = world.trusted_tls("shop-tls", "www.shop.example")
     await world.sync("cdncertificates", "shop", cdn_spec(cdn))

@@ -205,7 +205,8 @@ async def _find_or_add(
         forget_listing(rt, access)
         state = State("reconciling", "Pending", "the remote has this certificate (459) but did not list it yet")
         return await finish(rt, r, state, {}, 5.0)
-    forget_listing(rt, access)
+    # The shared list stays: the new certificate is ours alone (another resource with the same chain gets 459
+    # and lists again), and no drift check reads a list older than its interval (at least LIST_SHARE_S).
     await event(rt, r, "Normal", "Created", f"added certificate seq {seq}")
     return await finish(
         rt, r, State("ready", "Synced", f"certificate seq {seq} in sync"), {}, rt.settings.drift_interval
