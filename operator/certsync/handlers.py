@@ -16,6 +16,7 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import aiohttp
 import kopf
 
 from certsync.budget import EMQX_READ, EMQX_WRITE, Concurrency, RateBudget, Window
@@ -34,6 +35,7 @@ from certsync.settings import Settings
 
 PLURALS = tuple(KINDS)
 REQUESTED_AT = "certsync.io/requested-at"
+KOPF_REQUESTS = 32  # kopf's requests in flight besides its watches
 WRITE_DRAIN_S = 25.0  # within deploy/'s 30 s grace period
 log = logging.getLogger("certsync")
 Sync = Callable[[Runtime, Resource], Awaitable[float | None]]
@@ -117,6 +119,25 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         kube=Kube(secrets=secrets),
         metrics=metrics,
         workers=asyncio.Semaphore(config.workers),
+    )
+
+
+@kopf.on.login()
+async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.AiohttpSession | None:
+    """kopf's own login (in cluster, else the kubeconfig), in a session with a bounded pool.
+
+    kopf's session opens a connection for every request in flight (no limit): a thousand resources mean
+    a thousand connections at start, each with a 256 KiB TLS buffer, and a burst the API server answers
+    with 429. Bounded, requests queue in the client. Each watch holds a connection for good: room for them."""
+    info = kopf.login_via_client(**kwargs)
+    if info is None:
+        return None
+    config: Settings = memo["settings"]
+    watches = len(PLURALS) * max(1, len(config.namespaces))
+    connector = aiohttp.TCPConnector(limit=watches + KOPF_REQUESTS, ssl=info.as_ssl_context())
+    session = aiohttp.ClientSession(connector=connector, headers=info.as_http_headers(), trust_env=info.trust_env)
+    return kopf.AiohttpSession(
+        aiohttp_session=session, server=info.server, default_namespace=info.default_namespace, priority=info.priority
     )
 
 
