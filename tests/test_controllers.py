@@ -162,6 +162,24 @@ async def test_a_failed_status_patch_after_a_write_never_causes_a_second_write(w
     assert any(reason == "Recovered" for _, reason, _ in world.kube.events)
 
 
+async def test_a_write_costs_two_status_patches_and_still_says_so_in_an_event(
+    world: World, emqx: Emulator, cdn: Emulator
+) -> None:
+    """The intent, then the outcome with the pass's conditions: each patch is a watch event for every index."""
+    patches: list[Mapping[str, Any]] = []
+    world.kube.fail = lambda patch: bool(patches.append(patch))
+    world.kube.put_tls("mqtt-tls", issue("mqtt.example.com"))
+    await world.sync("deploymenttlses", "broker", dtls_spec(emqx))
+    assert ["intent" in p for p in patches] == [True, True] and "conditions" in patches[1]
+    assert world.ready("broker") == ("False", "Pending")
+    assert [reason for name, reason, _ in world.kube.events if name == "broker"] == ["Created", "Pending"]
+    patches.clear()
+    world.trusted_tls("shop-tls", "www.shop.example")
+    await world.sync("cdncertificates", "shop", cdn_spec(cdn))
+    assert len(patches) == 2 and world.ready("shop") == ("True", "Synced")
+    assert [reason for name, reason, _ in world.kube.events if name == "shop"] == ["Created", "Synced"]
+
+
 async def test_a_lost_answer_is_read_back_before_anything_is_sent_again(world: World, emqx: Emulator) -> None:
     world.kube.put_tls("mqtt-tls", issue("mqtt.example.com"))
     await emqx.fault("lose", method="POST")  # the POST is applied, its answer never arrives

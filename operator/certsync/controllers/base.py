@@ -92,6 +92,11 @@ class Resource:
     forced: bool = False
     endpoint: str = ""  # the normalised endpoint, set by `precheck`: the only form used for calls and targets
     cdn: Any = None  # the CDN access of this pass, once built: its login state is kept in status afterwards
+    # Ready as the pass began: what `finish` compares with (a write's record may already carry the new one).
+    ready_before: dict[str, Any] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.ready_before = next((c for c in self.status.get("conditions", []) if c.get("type") == "Ready"), {})
 
     @property
     def status(self) -> dict[str, Any]:
@@ -129,16 +134,23 @@ async def event(rt: Runtime, r: Resource, type_: str, reason: str, message: str)
     await rt.kube.event(r.ref, type_, reason, GENERIC.short(message, MAX_TEXT))
 
 
+def settled(rt: Runtime, r: Resource, state: State) -> dict[str, Any]:
+    """The conditions (and observed generation) that say `state`: what `finish` records.
+
+    A write's outcome record carries them too, so that the pass's end costs no second status patch (and
+    no second watch event for every index and handler to process)."""
+    state = State(state.kind, state.reason, GENERIC.short(state.message, MAX_TEXT))
+    previous = r.status.get("conditions", [])
+    return {"observedGeneration": r.generation, "conditions": conditions(previous, state, r.generation, rt.clock())}
+
+
 async def finish(
     rt: Runtime, r: Resource, state: State, updates: Mapping[str, Any], delay: float | None
 ) -> float | None:
     """Record the pass's result (status written only when it changes) and say when to look again."""
-    now = rt.clock()
     state = State(state.kind, state.reason, GENERIC.short(state.message, MAX_TEXT))
-    old_ready: dict[str, Any] = next((c for c in r.status.get("conditions", []) if c.get("type") == "Ready"), {})
-    new: dict[str, Any] = {**updates, "observedGeneration": r.generation}
-    new["conditions"] = conditions(r.status.get("conditions", []), state, r.generation, now)
-    await record(rt, r, new)
+    old_ready = r.ready_before
+    await record(rt, r, {**updates, **settled(rt, r, state)})
     kind = KINDS[r.plural]
     rt.metrics.reconciles.labels(kind, state.kind).inc()
     ready = "True" if state.kind == "ready" else "False"

@@ -18,6 +18,7 @@ from certsync.controllers.base import (
     guarded_write,
     precheck,
     record,
+    settled,
 )
 from certsync.reconcile import Problem, State, TLSMaterial, check_tls_secret, credentials
 from certsync.reconcile import cdn as rc
@@ -163,17 +164,18 @@ async def _patch(
     now = rt.clock()
     intent = new_intent("patch", desired.target, desired.digest, now, seq=seq, chain=list(desired.chain_sha1))
 
+    synced = State("ready", "Synced", f"certificate seq {seq} in sync")
+
     def outcome(_: int) -> dict[str, Any]:
         return {**facts(material, seq), "appliedDigest": desired.digest, "target": desired.target,
-                "lastSyncTime": pki.rfc3339(now), "lastWriteTime": pki.rfc3339(now)}  # fmt: skip
+                "lastSyncTime": pki.rfc3339(now), "lastWriteTime": pki.rfc3339(now),
+                **settled(rt, r, synced)}  # fmt: skip
 
     await guarded_write(rt, r, intent, lambda: rt.cdn.update_certificate(
         access, seq, certificate=material.cert_pem, private_key=material.key_pem), outcome)  # fmt: skip
     forget_listing(rt, access)
     await event(rt, r, "Normal", "Rotated", f"patched certificate seq {seq}")
-    return await finish(
-        rt, r, State("ready", "Synced", f"certificate seq {seq} in sync"), {}, rt.settings.drift_interval
-    )
+    return await finish(rt, r, synced, {}, rt.settings.drift_interval)
 
 
 async def _find_or_add(
@@ -193,9 +195,13 @@ async def _find_or_add(
     comment = str(r.spec.get("comment") or f"{r.namespace}/{r.name}")
     intent = new_intent("add", desired.target, desired.digest, now, chain=list(desired.chain_sha1))
 
+    def synced(seq: int) -> State:
+        return State("ready", "Synced", f"certificate seq {seq} in sync")
+
     def outcome(seq: int) -> dict[str, Any]:
         return {**facts(material, seq), "appliedDigest": desired.digest, "target": desired.target,
-                "lastSyncTime": pki.rfc3339(now), "lastWriteTime": pki.rfc3339(now)}  # fmt: skip
+                "lastSyncTime": pki.rfc3339(now), "lastWriteTime": pki.rfc3339(now),
+                **settled(rt, r, synced(seq))}  # fmt: skip
 
     try:
         seq = await guarded_write(
@@ -208,9 +214,7 @@ async def _find_or_add(
     # The shared list stays: the new certificate is ours alone (another resource with the same chain gets 459
     # and lists again), and no drift check reads a list older than its interval (at least LIST_SHARE_S).
     await event(rt, r, "Normal", "Created", f"added certificate seq {seq}")
-    return await finish(
-        rt, r, State("ready", "Synced", f"certificate seq {seq} in sync"), {}, rt.settings.drift_interval
-    )
+    return await finish(rt, r, synced(seq), {}, rt.settings.drift_interval)
 
 
 async def find_by_fingerprint(

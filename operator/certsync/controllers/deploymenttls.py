@@ -15,6 +15,7 @@ from certsync.controllers.base import (
     guarded_write,
     precheck,
     record,
+    settled,
 )
 from certsync.emqx import DeploymentTLSInfo, EmqxAccess, TLSNotConfigured
 from certsync.reconcile import State, TLSMaterial, check_ca_secret, check_tls_secret, credentials
@@ -159,8 +160,11 @@ async def _write(
             "appliedDigest": desired.digest, "target": desired.target, "fingerprint": material.fingerprint,
             "remoteStatus": info.status, "tlsType": info.tls_type, "expire": expire, "observedExpire": expire,
             "lastWriteTime": pki.rfc3339(now), "lastReadTime": pki.rfc3339(now), "pollAttempt": 0,
-            "writeTimes": rt.budget.export(scope, window)["sent"],
+            "writeTimes": rt.budget.export(scope, window)["sent"], **settled(rt, r, after(info)),
         }  # fmt: skip
+
+    def after(info: DeploymentTLSInfo) -> State:
+        return State("reconciling", "Pending", f"remote TLS is {info.status!r} after {action}")
 
     try:
         info = await guarded_write(rt, r, intent, lambda: write(access, deployment, desired.tls_type,
@@ -172,5 +176,4 @@ async def _write(
             await record(rt, r, {"writeTimes": sent})
     reason = "Rotated" if rotated else ("Created" if action == "create" else "Updated")
     await event(rt, r, "Normal", reason, f"{action}d the deployment's TLS (leaf {material.fingerprint[:23]}…)")
-    state = State("reconciling", "Pending", f"remote TLS is {info.status!r} after {action}")
-    return await finish(rt, r, state, {}, POLL_FIRST_S)
+    return await finish(rt, r, after(info), {}, POLL_FIRST_S)
