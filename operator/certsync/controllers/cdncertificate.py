@@ -75,6 +75,19 @@ async def listing(rt: Runtime, access: CdnAccess) -> list[CdnCertificateInfo]:
         return list(cached[1])
 
 
+def remember_added(rt: Runtime, access: CdnAccess, seq: int, material: TLSMaterial, comment: str) -> None:
+    """Our own add joins the shared list: a twin with the same chain finds it there (one detail GET) instead
+    of sending an add the remote refuses, and the next new certificate of the account lists nothing."""
+    cached = rt.cdn_lists.get(target_key(access.endpoint.rstrip("/"), access.account))
+    if cached is None:
+        return
+    leaf = material.bundle.leaf
+    cached[1].append(CdnCertificateInfo(
+        seq=seq, comment=comment, cn=leaf.subject_cn, alt=tuple(leaf.sans), issuer=leaf.issuer,
+        start_timestamp=int(leaf.not_before.timestamp()), end_timestamp=int(leaf.not_after.timestamp()),
+    ))  # fmt: skip
+
+
 def forget_listing(rt: Runtime, access: CdnAccess) -> None:
     """After our own write the shared list is stale."""
     rt.cdn_lists.pop(target_key(access.endpoint.rstrip("/"), access.account), None)
@@ -211,8 +224,7 @@ async def _find_or_add(
         forget_listing(rt, access)
         state = State("reconciling", "Pending", "the remote has this certificate (459) but did not list it yet")
         return await finish(rt, r, state, {}, 5.0)
-    # The shared list stays: the new certificate is ours alone (another resource with the same chain gets 459
-    # and lists again), and no drift check reads a list older than its interval (at least LIST_SHARE_S).
+    remember_added(rt, access, seq, material, comment)
     await event(rt, r, "Normal", "Created", f"added certificate seq {seq}")
     return await finish(rt, r, synced(seq), {}, rt.settings.drift_interval)
 
