@@ -396,3 +396,20 @@ async def test_delete_retries_an_unavailable_remote_then_gives_up_within_the_bou
     assert await deletion.delete(world.rt, resource, too_late, 5) is None
     reasons = [reason for _, reason, _ in world.kube.events]
     assert "DeleteRetrying" in reasons and reasons[-1] == "DeleteFailed"
+
+
+async def test_a_pass_cut_short_by_the_stop_records_nothing(
+    world: World, cdn: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop can make a pass fail in odd ways (clients closing under it): the last whole pass's status stays."""
+    from certsync import handlers
+
+    async def broken(rt: Runtime, r: Resource) -> float | None:
+        raise RuntimeError("the client was closed under the pass")
+
+    monkeypatch.setitem(handlers.SYNCS, "cdncertificates", broken)
+    resource = Resource("cdncertificates", NS, "shop", "uid-shop", 1, "2026-01-01T00:00:00Z", cdn_spec(cdn), {})
+    assert await handlers.one_pass(world.rt, resource, 0, lambda: True) == (None, 0)
+    assert "conditions" not in world.status("shop")
+    await handlers.one_pass(world.rt, resource, 0, lambda: False)  # not stopping: a bug says so
+    assert world.ready("shop") == ("False", "InternalError")

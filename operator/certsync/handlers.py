@@ -276,17 +276,20 @@ def _resource(plural: str, body: kopf.Body, local: dict[str, Any], forced: bool 
     )  # fmt: skip
 
 
-async def one_pass(rt: Runtime, r: Resource, failures: int) -> tuple[float | None, int]:
+async def one_pass(
+    rt: Runtime, r: Resource, failures: int, stopping: Callable[[], bool] = lambda: False
+) -> tuple[float | None, int]:
     """Run the kind's controller and keep what the CDN client learnt of its login, whatever the outcome."""
     try:
-        return await _one_pass(rt, r, failures)
+        return await _one_pass(rt, r, failures, stopping)
     finally:
         with contextlib.suppress(KubeError):
             await cdncertificate.keep_login_state(rt, r)
 
 
-async def _one_pass(rt: Runtime, r: Resource, failures: int) -> tuple[float | None, int]:
-    """Run the kind's controller; every exception ends in a condition and a retry time."""
+async def _one_pass(rt: Runtime, r: Resource, failures: int, stopping: Callable[[], bool]) -> tuple[float | None, int]:
+    """Run the kind's controller; every exception ends in a condition and a retry time, except while the
+    operator stops: a pass cut short by the stop leaves the status as the last whole pass recorded it."""
     try:
         return await SYNCS[r.plural](rt, r), 0
     except RemoteError as error:
@@ -297,6 +300,10 @@ async def _one_pass(rt: Runtime, r: Resource, failures: int) -> tuple[float | No
         delay = jittered(poll_delay(failures), random.random()) if error.transient else None
         state = State("reconciling" if error.transient else "stalled", error.reason, error.message)
     except Exception as error:  # a bug or an unforeseen answer: say so, back off, keep the traceback in the log
+        if stopping():
+            log.info("%s %s/%s: pass cut short by the stop (%s); status left as it was", KINDS[r.plural],
+                     r.namespace, r.name, type(error).__name__, extra={"k8s_ref": r.log_ref})  # fmt: skip
+            return None, failures
         log.exception("%s %s/%s: unexpected error in a pass", KINDS[r.plural], r.namespace, r.name,
                       extra={"k8s_ref": r.log_ref})  # fmt: skip
         delay = jittered(poll_delay(failures), random.random())
@@ -323,7 +330,8 @@ def _daemon(plural: str) -> None:
             rt.owners, rt.login_states = _owners(indices), _login_states(indices)
             try:
                 async with rt.workers:
-                    delay, failures = await one_pass(rt, _resource(plural, body, local, forced), failures)
+                    resource = _resource(plural, body, local, forced)
+                    delay, failures = await one_pass(rt, resource, failures, lambda: bool(stopped))
             except ResourceGone:
                 break
             await _sleep(wake, stopped, delay)
