@@ -413,3 +413,14 @@ async def test_a_pass_cut_short_by_the_stop_records_nothing(
     assert "conditions" not in world.status("shop")
     await handlers.one_pass(world.rt, resource, 0, lambda: False)  # not stopping: a bug says so
     assert world.ready("shop") == ("False", "InternalError")
+
+
+async def test_a_requested_drift_check_reads_the_remote_not_the_shared_list(world: World, cdn: Emulator) -> None:
+    world.trusted_tls("shop-tls", "www.shop.example")
+    await world.sync("cdncertificates", "shop", cdn_spec(cdn))  # lists, adds, and remembers the add in the list
+    status = dict(world.status("shop"))
+    forced = Resource("cdncertificates", NS, "shop", "uid-shop", 1, "2026-01-01T00:00:00Z", cdn_spec(cdn), status,
+                      forced=True)  # fmt: skip
+    await SYNCS["cdncertificates"](world.rt, forced)
+    assert calls(cdn).count("GET /app/ssl/v1/account/{account}/certificate/") == 2
+    assert world.ready("shop") == ("True", "Synced")

@@ -149,6 +149,8 @@ async def sync(rt: Runtime, r: Resource) -> float | None:
                 return await _find_or_add(rt, r, access, material, desired)
         if rec.applied_digest == desired.digest and seq == rec.seq:
             # A drift check: the shared list settles it when the certificate is listed with our expiry.
+            if r.forced:  # asked for by a person: what the remote says now, not what this process remembers
+                forget_listing(rt, access)
             listed = {c.seq: c for c in await listing(rt, access)}
             item = listed.get(seq)
             if item is not None and item.end_timestamp == int(material.bundle.leaf.not_after.timestamp()):
