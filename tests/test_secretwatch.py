@@ -165,17 +165,21 @@ class _Resp:
         return iter(())
 
 
-class _Core:
+class _Page:
+    def read(self) -> bytes:
+        return json.dumps({"items": [], "metadata": {"resourceVersion": "1"}}).encode()
+
+    def release_conn(self) -> None:
+        pass
+
+
+class _Http:
     def __init__(self, opened: threading.Event, proceed: threading.Event) -> None:
         self.opened, self.proceed = opened, proceed
 
-    def list_namespaced_secret(self, namespace: str, **kwargs: Any) -> Any:
-        if not kwargs.get("watch"):
-
-            class Page:
-                data = json.dumps({"items": [], "metadata": {"resourceVersion": "1"}}).encode()
-
-            return Page()
+    def open(self, method: str, url_path: str, *, query: dict[str, Any], **_: Any) -> Any:
+        if not query.get("watch"):
+            return _Page()
         self.opened.set()  # the watch request is sent; the answer's headers are on their way
         self.proceed.wait(5.0)
         return _Resp()
@@ -185,7 +189,7 @@ async def test_a_stop_while_a_watch_is_being_opened_ends_the_thread_soon(monkeyp
     monkeypatch.setattr(secretwatch, "iter_resp_lines", lambda response: response.lines())
     opened, proceed = threading.Event(), threading.Event()
     s = store([])
-    s.core = _Core(opened, proceed)
+    s.http = _Http(opened, proceed)  # type: ignore[assignment]
     s.start()
     assert await asyncio.to_thread(opened.wait, 5.0)
     s.stop()  # the operator stops now: no response registered yet, nothing is shut down

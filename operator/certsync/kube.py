@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import kubernetes
 
+from certsync.kubehttp import KubeHttp, path
 from certsync.reconcile import SecretView
 from certsync.secretwatch import SecretStore
 
@@ -69,8 +70,8 @@ class Kube:
     """The real layer, on the kubernetes client's configuration loaded at startup."""
 
     def __init__(self, api_client: Any = None, secrets: SecretStore | None = None) -> None:
-        self.core: Any = kubernetes.client.CoreV1Api(api_client)
-        self.custom: Any = kubernetes.client.CustomObjectsApi(api_client)
+        self.http = KubeHttp(api_client)
+        self.custom: Any = kubernetes.client.CustomObjectsApi(self.http.client)
         self.secrets = secrets
 
     async def read_secret(self, namespace: str, name: str) -> SecretView | None:
@@ -86,8 +87,9 @@ class Kube:
     async def _read_secret(self, namespace: str, name: str) -> SecretView | None:
         try:
             secret = await asyncio.to_thread(
-                self.core.read_namespaced_secret, name, namespace, _request_timeout=REQUEST_TIMEOUT
-            )
+                self.http.json, "GET", path("api", "v1", "namespaces", namespace, "secrets", name),
+                timeout=REQUEST_TIMEOUT,
+            )  # fmt: skip
         except kubernetes.client.ApiException as error:
             if error.status == 404:
                 return None
@@ -101,13 +103,14 @@ class Kube:
                 "InternalError", f"reading Secret {name!r}: {type(error).__name__}", transient=True
             ) from None
         data: dict[str, bytes] = {}
-        for key, value in (secret.data or {}).items():
+        for key, value in (secret.get("data") or {}).items():
             try:
                 data[key] = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
                 raise KubeError("InvalidSecret", f"Secret {name!r}: {key!r} is not base64", transient=False) from None
-        meta = secret.metadata
-        return SecretView(secret.type or "", data, uid=str(meta.uid or ""), version=str(meta.resource_version or ""))
+        meta = secret.get("metadata") or {}
+        uid, version = str(meta.get("uid") or ""), str(meta.get("resourceVersion") or "")
+        return SecretView(str(secret.get("type") or ""), data, uid=uid, version=version)
 
     async def patch_status(self, ref: ObjectRef, status: Mapping[str, Any]) -> None:
         for attempt in range(STATUS_ATTEMPTS):
@@ -133,19 +136,19 @@ class Kube:
 
     async def event(self, ref: ObjectRef, type_: str, reason: str, message: str) -> None:
         """Best effort: a lost Event must never fail a pass."""
-        now = dt.datetime.now(dt.UTC)
-        body = kubernetes.client.CoreV1Event(
-            metadata=kubernetes.client.V1ObjectMeta(generate_name=f"{ref.name}.", namespace=ref.namespace),
-            involved_object=kubernetes.client.V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}", kind=ref.kind, name=ref.name, namespace=ref.namespace, uid=ref.uid
-            ),
-            reason=reason, message=message[:1024], type=type_,
-            first_timestamp=now, last_timestamp=now, count=1,
-            source=kubernetes.client.V1EventSource(component="certsync"),
-        )  # fmt: skip
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{ref.name}.", "namespace": ref.namespace},
+            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": ref.kind, "name": ref.name,
+                               "namespace": ref.namespace, "uid": ref.uid},
+            "reason": reason, "message": message[:1024], "type": type_,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1, "source": {"component": "certsync"},
+        }  # fmt: skip
         try:
             await asyncio.to_thread(
-                self.core.create_namespaced_event, ref.namespace, body, _request_timeout=REQUEST_TIMEOUT
-            )
+                self.http.json, "POST", path("api", "v1", "namespaces", ref.namespace, "events"),
+                body=body, timeout=REQUEST_TIMEOUT,
+            )  # fmt: skip
         except Exception as error:
             log.warning("posting an Event for %s/%s failed: %s", ref.namespace, ref.name, type(error).__name__)

@@ -24,6 +24,7 @@ from typing import Any
 import kubernetes
 from kubernetes.watch.watch import iter_resp_lines
 
+from certsync.kubehttp import KubeHttp, path
 from certsync.reconcile import SecretView
 
 log = logging.getLogger("certsync.secretwatch")
@@ -52,7 +53,7 @@ class SecretStore:
             configuration = kubernetes.client.Configuration.get_default_copy()
             configuration.connection_pool_maxsize = len(self.scopes) + 1
             api_client = kubernetes.client.ApiClient(configuration)
-        self.core: Any = kubernetes.client.CoreV1Api(api_client)
+        self.http = KubeHttp(api_client)
         self.versions: dict[Key, str] = {}
         self.bodies: OrderedDict[Key, SecretView] = OrderedDict()
         self.synced: set[str] = set()  # scopes whose list was applied and whose watch has not failed since
@@ -129,10 +130,14 @@ class SecretStore:
         listed: dict[Key, str] = {}
         token: str | None = None
         while True:
-            kwargs: dict[str, Any] = {"limit": PAGE, "_preload_content": False, "_headers": {"Accept": LIST_ACCEPT}}
+            query: dict[str, str | int | bool] = {"limit": PAGE}
             if token:
-                kwargs["_continue"] = token
-            body = json.loads(self._call(scope, kwargs).data)
+                query["continue"] = token
+            response = self._call(scope, query, LIST_ACCEPT)
+            try:
+                body = json.loads(response.read())
+            finally:
+                response.release_conn()
             for item in body.get("items") or []:
                 meta = item.get("metadata") or {}
                 listed[(str(meta.get("namespace")), str(meta.get("name")))] = str(meta.get("resourceVersion"))
@@ -142,11 +147,10 @@ class SecretStore:
 
     def _watch(self, scope: str, version: str) -> str:
         """Follow one watch to its end; returns the last version seen (to resume from)."""
-        kwargs: dict[str, Any] = {
-            "watch": True, "resource_version": version, "allow_watch_bookmarks": True,
-            "timeout_seconds": WATCH_SECONDS, "_preload_content": False, "_headers": {"Accept": WATCH_ACCEPT},
+        query: dict[str, str | int | bool] = {
+            "watch": True, "resourceVersion": version, "allowWatchBookmarks": True, "timeoutSeconds": WATCH_SECONDS,
         }  # fmt: skip
-        response = self._call(scope, kwargs)
+        response = self._call(scope, query, WATCH_ACCEPT)
         self._responses.add(response)
         if self._stop.is_set():  # stop() ran while this watch was being opened: it did not see it
             response.shutdown()
@@ -161,11 +165,11 @@ class SecretStore:
             response.release_conn()
         return version
 
-    def _call(self, scope: str, kwargs: dict[str, Any]) -> Any:
+    def _call(self, scope: str, query: dict[str, str | int | bool], accept: str) -> Any:
+        """The list or watch answer, unread (the caller releases it)."""
+        where = path("api", "v1", "namespaces", scope, "secrets") if scope else path("api", "v1", "secrets")
         try:
-            if scope:
-                return self.core.list_namespaced_secret(scope, _request_timeout=REQUEST_TIMEOUT, **kwargs)
-            return self.core.list_secret_for_all_namespaces(_request_timeout=REQUEST_TIMEOUT, **kwargs)
+            return self.http.open("GET", where, query=query, headers={"Accept": accept}, timeout=REQUEST_TIMEOUT)
         except kubernetes.client.ApiException as error:
             if error.status == 410:
                 raise Expired("the watched version is gone") from None

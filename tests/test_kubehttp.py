@@ -1,0 +1,84 @@
+"""kubehttp: the operator's plain calls to the Kubernetes API carry the client's credentials, escape what users
+named, and turn an error status into the client's own exception."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kubernetes
+import pytest
+from certsync.kubehttp import KubeHttp, path
+
+
+class _Answer:
+    def __init__(self, status: int, body: bytes = b"{}") -> None:
+        self.status, self.reason, self.body = status, "Reason", body
+        self.released = False
+
+    def read(self) -> bytes:
+        return self.body
+
+    def release_conn(self) -> None:
+        self.released = True
+
+
+class _Pool:
+    def __init__(self, answer: _Answer) -> None:
+        self.answer = answer
+        self.sent: list[dict[str, Any]] = []
+
+    def request(self, method: str, url: str, **kwargs: Any) -> _Answer:
+        self.sent.append({"method": method, "url": url, **kwargs})
+        return self.answer
+
+
+def client(answer: _Answer, token: str = "t0") -> tuple[KubeHttp, _Pool, list[str]]:
+    config = kubernetes.client.Configuration(host="https://api.example:6443/")
+    config.api_key = {"authorization": token}
+    config.api_key_prefix = {"authorization": "Bearer"}
+    refreshed: list[str] = []
+
+    def refresh(c: Any) -> None:  # what load_incluster_config installs: a rotated token file is read again
+        refreshed.append("yes")
+        c.api_key["authorization"] = f"{token}-fresh"
+
+    config.refresh_api_key_hook = refresh
+    api = kubernetes.client.ApiClient(config)
+    pool = _Pool(answer)
+    api.rest_client.pool_manager = pool
+    return KubeHttp(api), pool, refreshed
+
+
+def test_a_call_carries_the_refreshed_token_and_escapes_names_and_query() -> None:
+    http, pool, refreshed = client(_Answer(200, b'{"kind": "Secret"}'))
+    where = path("api", "v1", "namespaces", "team a", "secrets", "x/../y")
+    answer = http.json("GET", where, query={"watch": True, "limit": 5}, timeout=(1.0, 2.0))
+    assert answer == {"kind": "Secret"}
+    sent = pool.sent[0]
+    assert sent["url"] == "https://api.example:6443/api/v1/namespaces/team%20a/secrets/x%2F..%2Fy?watch=true&limit=5"
+    assert sent["headers"]["authorization"] == "Bearer t0-fresh" and refreshed
+    assert sent["headers"]["Accept"] == "application/json" and sent["body"] is None
+    assert pool.answer.released
+
+
+def test_a_body_is_sent_as_json() -> None:
+    http, pool, _ = client(_Answer(201))
+    http.json("POST", path("api", "v1", "namespaces", "n", "events"), body={"reason": "Synced"}, timeout=(1.0, 2.0))
+    assert json.loads(pool.sent[0]["body"]) == {"reason": "Synced"}
+    assert pool.sent[0]["headers"]["Content-Type"] == "application/json"
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 410, 429, 500])
+def test_an_error_status_raises_the_clients_exception_and_frees_the_connection(status: int) -> None:
+    http, pool, _ = client(_Answer(status, b'{"kind": "Status"}'))
+    with pytest.raises(kubernetes.client.ApiException) as raised:
+        http.open("GET", path("api", "v1", "secrets"), timeout=(1.0, 2.0))
+    assert raised.value.status == status
+    assert pool.answer.released
+
+
+def test_a_streamed_answer_is_left_open_for_its_reader() -> None:
+    http, pool, _ = client(_Answer(200))
+    response = http.open("GET", path("api", "v1", "secrets"), query={"watch": True}, timeout=(1.0, 2.0))
+    assert response is pool.answer and not pool.answer.released
