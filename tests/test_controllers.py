@@ -115,7 +115,7 @@ async def world(emqx: Emulator, cdn: Emulator) -> AsyncIterator[World]:
         settings=settings, budget=budget,
         emqx=EmqxClient(budget=budget, read_window=Window(EMQX_READ.limit * 10, 3600),
                         write_window=Window(EMQX_WRITE.limit * 10, 3600)),
-        cdn=CdnClient(), kube=kube, metrics=Metrics(),
+        cdn=CdnClient(budget=cdn.budget()), kube=kube, metrics=Metrics(),  # its token ages with World.advance
     )  # fmt: skip
     w = World(rt, kube, (emqx, cdn))
     rt.clock = lambda: dt.datetime.now(dt.UTC) + dt.timedelta(seconds=w.offset)
@@ -424,3 +424,38 @@ async def test_a_requested_drift_check_reads_the_remote_not_the_shared_list(worl
     await SYNCS["cdncertificates"](world.rt, forced)
     assert calls(cdn).count("GET /app/ssl/v1/account/{account}/certificate/") == 2
     assert world.ready("shop") == ("True", "Synced")
+
+
+async def test_drift_checks_of_an_accounts_certificates_cost_one_list_whatever_their_number(
+    world: World, cdn: Emulator
+) -> None:
+    for n in range(6):
+        world.trusted_tls(f"tls-{n}", f"www{n}.shop.example")
+        await world.sync("cdncertificates", f"shop-{n}", cdn_spec(cdn, secretName=f"tls-{n}"))
+    for n in range(6):  # not due yet: no call at all
+        await world.sync("cdncertificates", f"shop-{n}", cdn_spec(cdn, secretName=f"tls-{n}"))
+    before = len(calls(cdn))
+    await world.advance(world.rt.settings.drift_interval + 1)
+    for n in range(6):
+        await world.sync("cdncertificates", f"shop-{n}", cdn_spec(cdn, secretName=f"tls-{n}"))
+        assert world.ready(f"shop-{n}") == ("True", "Synced")
+    assert calls(cdn)[before:] == ["GET /app/ssl/v1/account/{account}/certificate/"]
+
+
+async def test_a_deployment_in_sync_is_read_once_per_drift_interval(world: World, emqx: Emulator) -> None:
+    world.kube.put_tls("mqtt-tls", issue("mqtt.example.com"))
+    await world.sync("deploymenttlses", "mqtt", dtls_spec(emqx))
+    await world.advance(60)  # the remote applied the write: the next poll finds it `running`
+    await world.sync("deploymenttlses", "mqtt", dtls_spec(emqx))
+    assert world.ready("mqtt") == ("True", "Synced")
+    reads = calls(emqx).count("GET /deployments/{deployment_id}/tls")
+    interval = world.rt.settings.drift_interval
+    for _ in range(3):  # a resync, a restart, a Secret event without change: all within the interval
+        await world.advance(interval / 4)
+        await world.sync("deploymenttlses", "mqtt", dtls_spec(emqx))
+    assert calls(emqx).count("GET /deployments/{deployment_id}/tls") == reads
+    await world.advance(interval / 4 + 1)
+    for _ in range(3):
+        await world.sync("deploymenttlses", "mqtt", dtls_spec(emqx))
+    assert calls(emqx).count("GET /deployments/{deployment_id}/tls") == reads + 1
+    assert world.ready("mqtt") == ("True", "Synced")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,9 +67,9 @@ async def listing(rt: Runtime, access: CdnAccess) -> list[CdnCertificateInfo]:
 
     key = target_key(access.endpoint.rstrip("/"), access.account)
     async with rt.cdn_list_locks.setdefault(key, asyncio.Lock()):
-        cached = rt.cdn_lists.get(key)
-        if cached is None or time.monotonic() - cached[0] > LIST_SHARE_S:
-            cached = (time.monotonic(), await rt.cdn.list_certificates(access))
+        cached, now = rt.cdn_lists.get(key), rt.clock().timestamp()
+        if cached is None or not 0 <= now - cached[0] <= LIST_SHARE_S:
+            cached = (now, await rt.cdn.list_certificates(access))
             rt.cdn_lists[key] = cached
         return list(cached[1])
 
