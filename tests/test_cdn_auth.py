@@ -12,7 +12,7 @@ import httpx
 import pytest
 from certsync import cdn as api
 from certsync.budget import RateBudget
-from certsync.remote import RateLimitedError
+from certsync.remote import RateLimitedError, RetryPolicy
 
 from tests.conftest import CDN_PASSWORD, CDN_USER, Emulator
 
@@ -320,7 +320,7 @@ async def test_an_echoing_api_leaks_neither_token_nor_key(status: int) -> None:
         return httpx.Response(200, json={"status": status, "message": echo(request)})
 
     remote = Remote(token_answer(), answer)
-    async with make_client(remote, Clock(), retry=api.RetryPolicy(attempts=1)) as c:
+    async with make_client(remote, Clock(), retry=RetryPolicy(attempts=1)) as c:
         with pytest.raises(api.CdnApiError) as error:
             await c.add_certificate(access(), chain.pem.decode(), key, "ns/x")
     text = str(error.value) + error.value.remote_message

@@ -53,21 +53,14 @@ from typing import Any, ClassVar, Literal, TypeGuard, TypeVar
 
 import httpx
 
-from certsync.budget import CDN_PER_MINUTE, Concurrency, RateBudget, Scope, Window
+from certsync.budget import CDN_PER_MINUTE, Scope, Window
 from certsync.remote import (
-    DEFAULT_RETRY,
-    DEFAULT_TIMEOUT,
-    BudgetGate,
-    Observer,
     RateLimitedError,
+    RemoteClient,
     RemoteError,
     RemoteStatusError,
-    RetryPolicy,
     ServiceUnavailable,
-    Sleep,
     base_url,
-    http_client,
-    no_observer,
     parse_retry_after,
     send,
     short,
@@ -349,30 +342,13 @@ class _LoginMemory:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-class CdnClient:
+class CdnClient(RemoteClient):
     """One client for every CDN resource: tokens are cached per endpoint, username and password."""
 
-    def __init__(
-        self,
-        *,
-        budget: RateBudget | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-        per_minute: int = CDN_PER_MINUTE,
-        login_window: Window = LOGIN_WINDOW,
-        retry: RetryPolicy = DEFAULT_RETRY,
-        sleep: Sleep | None = None,
-        observe: Observer = no_observer,
-        concurrency: Concurrency | None = None,
-    ) -> None:
-        self.observe = observe
-        self.concurrency = concurrency or Concurrency()
-        self._http = http_client(self.concurrency, timeout, transport)
-        self.gate = BudgetGate(budget or RateBudget())
+    def __init__(self, *, per_minute: int = CDN_PER_MINUTE, login_window: Window = LOGIN_WINDOW, **common: Any) -> None:
+        super().__init__(**common)
         self.window = Window(limit=per_minute, period=60.0)
         self.login_window = login_window
-        self.retry = retry
-        self._sleep = sleep
         # The MAC key lives in this process only: a refused password is recognised here and nowhere else.
         self._tag_key = secrets.token_bytes(32)
         self._tokens: dict[tuple[str, str, str], _Token] = {}  # (endpoint, username, password tag)
@@ -381,15 +357,6 @@ class CdnClient:
     @property
     def clock(self) -> Callable[[], float]:
         return self.gate.budget.now
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def __aenter__(self) -> CdnClient:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.aclose()
 
     def scope(self, access: CdnAccess, kind: str = "api") -> Scope:
         if kind == "api":

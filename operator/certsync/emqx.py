@@ -34,21 +34,14 @@ from typing import Any, Final, Literal, TypeVar
 
 import httpx
 
-from certsync.budget import EMQX_READ, EMQX_WRITE, Concurrency, RateBudget, Scope, Window
+from certsync.budget import EMQX_READ, EMQX_WRITE, Scope, Window
 from certsync.remote import (
-    DEFAULT_RETRY,
-    DEFAULT_TIMEOUT,
-    BudgetGate,
-    Observer,
     RateLimitedError,
+    RemoteClient,
     RemoteError,
     RemoteStatusError,
-    RetryPolicy,
     ServiceUnavailable,
-    Sleep,
     base_url,
-    http_client,
-    no_observer,
     parse_retry_after,
     retryable_status,
     send,
@@ -230,38 +223,12 @@ def _message_and_code(response: httpx.Response, scrubber: Scrubber) -> tuple[str
     return short(body.get("message") or "", scrubber), code_text
 
 
-class EmqxClient:
+class EmqxClient(RemoteClient):
     """One client for every DeploymentTLS: credentials travel with each call; pool and budgets are shared."""
 
-    def __init__(
-        self,
-        *,
-        budget: RateBudget | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-        read_window: Window = EMQX_READ,
-        write_window: Window = EMQX_WRITE,
-        retry: RetryPolicy = DEFAULT_RETRY,
-        sleep: Sleep | None = None,
-        observe: Observer = no_observer,
-        concurrency: Concurrency | None = None,
-    ) -> None:
-        self.observe = observe
-        self.concurrency = concurrency or Concurrency()
-        self.retry = retry
-        self._sleep = sleep
-        self._http = http_client(self.concurrency, timeout, transport)
-        self.gate = BudgetGate(budget or RateBudget())
+    def __init__(self, *, read_window: Window = EMQX_READ, write_window: Window = EMQX_WRITE, **common: Any) -> None:
+        super().__init__(**common)
         self.windows = {"read": read_window, "write": write_window}
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def __aenter__(self) -> EmqxClient:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.aclose()
 
     def scope(self, access: EmqxAccess, deployment_id: str, method: str) -> tuple[Scope, Window]:
         method_class = "read" if method == "GET" else "write"

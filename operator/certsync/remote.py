@@ -25,7 +25,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import ClassVar, TypeVar
+from typing import ClassVar, Self, TypeVar
 
 import httpx
 
@@ -224,6 +224,38 @@ class RetryPolicy:
 DEFAULT_RETRY = RetryPolicy()
 NO_RETRY = RetryPolicy(attempts=1)
 Sleep = Callable[[float], Awaitable[None]]
+
+
+class RemoteClient:
+    """What both API clients hold: one pool sized by the shared `Concurrency`, the shared budget behind a
+    `BudgetGate`, the retry policy for reads, and the observer told of every request (metrics)."""
+
+    def __init__(
+        self,
+        *,
+        budget: RateBudget | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        sleep: Sleep | None = None,
+        observe: Observer = no_observer,
+        concurrency: Concurrency | None = None,
+    ) -> None:
+        self.observe = observe
+        self.concurrency = concurrency or Concurrency()
+        self.retry = retry
+        self._sleep = sleep
+        self._http = http_client(self.concurrency, timeout, transport)
+        self.gate = BudgetGate(budget or RateBudget())
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
 
 
 async def with_retries(
