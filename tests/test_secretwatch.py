@@ -263,3 +263,59 @@ async def test_the_watch_sees_every_change_and_reads_happen_only_after_one(
         stopped_after = time.monotonic() - stopping
         api.close()
     assert stopped_after < 20 and not [t.name for t in s._threads if t.is_alive()]
+
+
+class _Stream:
+    """A watch answer whose server ends it with an ERROR event, chunked body unfinished."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines_left, self.closed, self.released = lines, False, False
+
+    def lines(self) -> Any:
+        return iter(self.lines_left)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def release_conn(self) -> None:
+        self.released = True
+
+
+@pytest.mark.parametrize(
+    ("lines", "raised"),
+    [
+        ([json.dumps({"type": "ERROR", "object": {"code": 410, "message": "too old"}})], secretwatch.Expired),
+        ([json.dumps({"type": "ERROR", "object": {"code": 500, "reason": "InternalError"}})], RuntimeError),
+        (["{not json"], ValueError),
+    ],
+)
+def test_a_watch_that_ends_abnormally_never_hands_its_half_read_connection_back(
+    monkeypatch: Any, lines: list[str], raised: type[Exception]
+) -> None:
+    """A pooled connection with an unread chunked body would make the next request on it fail (and be resent)."""
+    monkeypatch.setattr(secretwatch, "iter_resp_lines", lambda response: response.lines())
+    stream = _Stream(lines)
+
+    class Http:
+        def open(self, *_: Any, **__: Any) -> _Stream:
+            return stream
+
+    s = store([])
+    s.http = Http()  # type: ignore[assignment]
+    with pytest.raises(raised):
+        s._watch("ns", "1")
+    assert stream.closed and stream.released
+
+
+def test_a_watch_the_server_ended_cleanly_goes_back_to_the_pool(monkeypatch: Any) -> None:
+    monkeypatch.setattr(secretwatch, "iter_resp_lines", lambda response: response.lines())
+    stream = _Stream([json.dumps({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "9"}}})])
+
+    class Http:
+        def open(self, *_: Any, **__: Any) -> _Stream:
+            return stream
+
+    s = store([])
+    s.http = Http()  # type: ignore[assignment]
+    assert s._watch("ns", "1") == "9"
+    assert not stream.closed and stream.released

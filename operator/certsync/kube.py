@@ -102,13 +102,15 @@ class Kube:
             raise KubeError(
                 "InternalError", f"reading Secret {name!r}: {type(error).__name__}", transient=True
             ) from None
+        meta = secret.get("metadata") or {}
+        if secret.get("kind") != "Secret" or meta.get("name") != name or meta.get("namespace") != namespace:
+            raise KubeError("InternalError", f"reading Secret {name!r}: the answer is not that Secret", transient=True)
         data: dict[str, bytes] = {}
         for key, value in (secret.get("data") or {}).items():
             try:
                 data[key] = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
                 raise KubeError("InvalidSecret", f"Secret {name!r}: {key!r} is not base64", transient=False) from None
-        meta = secret.get("metadata") or {}
         uid, version = str(meta.get("uid") or ""), str(meta.get("resourceVersion") or "")
         return SecretView(str(secret.get("type") or ""), data, uid=uid, version=version)
 

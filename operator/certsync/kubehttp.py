@@ -17,10 +17,18 @@ import kubernetes
 import urllib3
 
 Timeout = tuple[float, float]  # connect, read
+# A refused connection is tried again (nothing was sent); nothing else is: no read retried after a timeout,
+# no Retry-After honoured for hours in one of the few kube threads, no redirect followed.
+RETRIES = urllib3.Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0, respect_retry_after_header=False)
 
 
 def path(*segments: str) -> str:
-    """An API path from its segments, each escaped (names come from users' manifests)."""
+    """An API path from its segments, each escaped (names come from users' manifests).
+
+    "." and ".." are refused: escaping leaves them as they are and the URL would be normalised to
+    another resource (`secrets/..` is the Namespace, `secrets/.` every Secret of it)."""
+    if any(segment in ("", ".", "..") for segment in segments):
+        raise ValueError(f"not a name for an API path: {segments!r}")
     return "/" + "/".join(quote(segment, safe="") for segment in segments)
 
 
@@ -55,22 +63,22 @@ class KubeHttp:
             data = json.dumps(body).encode()
             sent.setdefault("Content-Type", "application/json")
         response = self.client.rest_client.pool_manager.request(
-            method, url, body=data, headers=sent, preload_content=False,
+            method, url, body=data, headers=sent, preload_content=False, retries=RETRIES,
             timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
         )  # fmt: skip
-        if response.status >= 400:
-            try:
-                response.read()  # drained, so that the connection goes back to the pool
-            finally:
-                response.release_conn()
+        if not 200 <= response.status < 300:
+            response.drain_conn()  # discarded chunk by chunk, read errors swallowed: the status is what counts
+            response.release_conn()
             raise kubernetes.client.ApiException(status=response.status, reason=response.reason)
         return response
 
     def json(self, method: str, url_path: str, *, timeout: Timeout, **kwargs: Any) -> dict[str, Any]:
-        """A whole JSON answer."""
+        """A whole JSON answer: an object, or `ValueError` (an API server never answers anything else)."""
         response = self.open(method, url_path, timeout=timeout, **kwargs)
         try:
-            answer = json.loads(response.read() or b"{}")
+            answer = json.loads(response.read())
         finally:
             response.release_conn()
-        return answer if isinstance(answer, dict) else {}
+        if not isinstance(answer, dict):
+            raise ValueError(f"{method} {url_path}: the answer is not a JSON object")
+        return answer

@@ -24,7 +24,7 @@ from typing import Any
 import kubernetes
 from kubernetes.watch.watch import iter_resp_lines
 
-from certsync.kubehttp import KubeHttp, path
+from certsync.kubehttp import KubeHttp, Timeout, path
 from certsync.reconcile import SecretView
 
 log = logging.getLogger("certsync.secretwatch")
@@ -33,7 +33,8 @@ WATCH_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,app
 MAX_BODIES = 4096  # Secrets read by passes whose bodies are kept (each resource names 1 to 3)
 PAGE = 500  # Secrets per list page: a page of metadata is small whatever the Secrets hold
 WATCH_SECONDS = 240  # the server ends a watch after this; we relist-free resume from the last version
-REQUEST_TIMEOUT = (5.0, WATCH_SECONDS + 30.0)
+WATCH_TIMEOUT = (5.0, WATCH_SECONDS + 30.0)  # connect, read: the server ends the watch first
+LIST_TIMEOUT = (5.0, 30.0)  # one page
 Key = tuple[str, str]  # namespace, name
 Notify = Callable[[str, str], None]
 
@@ -133,7 +134,7 @@ class SecretStore:
             query: dict[str, str | int | bool] = {"limit": PAGE}
             if token:
                 query["continue"] = token
-            response = self._call(scope, query, LIST_ACCEPT)
+            response = self._call(scope, query, LIST_ACCEPT, LIST_TIMEOUT)
             try:
                 body = json.loads(response.read())
             finally:
@@ -150,26 +151,30 @@ class SecretStore:
         query: dict[str, str | int | bool] = {
             "watch": True, "resourceVersion": version, "allowWatchBookmarks": True, "timeoutSeconds": WATCH_SECONDS,
         }  # fmt: skip
-        response = self._call(scope, query, WATCH_ACCEPT)
+        response = self._call(scope, query, WATCH_ACCEPT, WATCH_TIMEOUT)
         self._responses.add(response)
         if self._stop.is_set():  # stop() ran while this watch was being opened: it did not see it
             response.shutdown()
+        ended = False
         try:
             for kind, meta in _events(iter_resp_lines(response)):  # type: ignore[no-untyped-call]
                 version = str(meta.get("resourceVersion") or version)
                 if kind != "BOOKMARK":
                     key = (str(meta.get("namespace")), str(meta.get("name")))
                     self._apply(self._changed, key, None if kind == "DELETED" else version)
+            ended = True
         finally:
             self._responses.discard(response)
+            if not ended:  # a stream left half-read must not go back to the pool (this thread reads it: no lock)
+                response.close()
             response.release_conn()
         return version
 
-    def _call(self, scope: str, query: dict[str, str | int | bool], accept: str) -> Any:
+    def _call(self, scope: str, query: dict[str, str | int | bool], accept: str, timeout: Timeout) -> Any:
         """The list or watch answer, unread (the caller releases it)."""
         where = path("api", "v1", "namespaces", scope, "secrets") if scope else path("api", "v1", "secrets")
         try:
-            return self.http.open("GET", where, query=query, headers={"Accept": accept}, timeout=REQUEST_TIMEOUT)
+            return self.http.open("GET", where, query=query, headers={"Accept": accept}, timeout=timeout)
         except kubernetes.client.ApiException as error:
             if error.status == 410:
                 raise Expired("the watched version is gone") from None
