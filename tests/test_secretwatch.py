@@ -265,6 +265,41 @@ async def test_the_watch_sees_every_change_and_reads_happen_only_after_one(
     assert stopped_after < 20 and not [t.name for t in s._threads if t.is_alive()]
 
 
+async def test_after_an_api_server_restart_the_watch_lists_again_and_sees_the_next_change(
+    kube: Kube, namespace: str
+) -> None:
+    """The API server goes away under an open watch (etcd and the data stay): while it is gone nothing kept
+    is served; once it is back the store lists again by itself and a change after that wakes its readers."""
+    assert kube.plane is not None
+    kube.kubectl("create", "-n", namespace, "secret", "generic", "watched", "--from-literal=value=one")
+    changed: list[tuple[str, str]] = []
+    api = kubernetes.config.new_client_from_config(config_file=str(kube.kubeconfig))  # type: ignore[no-untyped-call]
+    s = SecretStore((namespace,), lambda ns, name: changed.append((ns, name)), api_client=api)
+    layer = KubeLayer(api, secrets=s)
+    s.start()
+    try:
+        await until("the first list", lambda: namespace in s.synced)
+        assert (await layer.read_secret(namespace, "watched")) is not None
+        assert s.fresh(namespace, "watched") is not None
+        await asyncio.to_thread(kube.plane.kill_apiserver)
+        try:
+            await until("the failed watch noticed", lambda: namespace not in s.synced)
+            assert s.fresh(namespace, "watched") is None  # a body the store cannot vouch for is not served
+        finally:
+            await asyncio.to_thread(kube.plane.start_apiserver)
+        await until("a new list after the restart", lambda: namespace in s.synced, timeout=90.0)
+        changed.clear()
+        kube.kubectl("patch", "secret", "watched", "-n", namespace, "-p", '{"stringData": {"value": "two"}}')
+        await until("the change after the restart", lambda: (namespace, "watched") in changed)
+        after = await layer.read_secret(namespace, "watched")
+        assert after is not None and after.data["value"] == b"two"
+    finally:
+        s.stop()
+        for thread in s._threads:
+            await asyncio.to_thread(thread.join, 20)
+        api.close()
+
+
 class _Stream:
     """A watch answer whose server ends it with an ERROR event, chunked body unfinished."""
 
