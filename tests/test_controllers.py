@@ -426,20 +426,32 @@ async def test_a_requested_drift_check_reads_the_remote_not_the_shared_list(worl
     assert world.ready("shop") == ("True", "Synced")
 
 
-async def test_drift_checks_of_an_accounts_certificates_cost_one_list_whatever_their_number(
+async def test_drift_checks_of_an_accounts_certificates_cost_one_list_a_cycle_whenever_they_were_created(
     world: World, cdn: Emulator
 ) -> None:
+    """Six certificates created an hour apart, each woken when its pass asked to be: one list per cycle."""
+    interval = world.rt.settings.drift_interval
+    due: dict[str, float] = {}
     for n in range(6):
         world.trusted_tls(f"tls-{n}", f"www{n}.shop.example")
-        await world.sync("cdncertificates", f"shop-{n}", cdn_spec(cdn, secretName=f"tls-{n}"))
-    for n in range(6):  # not due yet: no call at all
-        await world.sync("cdncertificates", f"shop-{n}", cdn_spec(cdn, secretName=f"tls-{n}"))
-    before = len(calls(cdn))
-    await world.advance(world.rt.settings.drift_interval + 1)
-    for n in range(6):
-        await world.sync("cdncertificates", f"shop-{n}", cdn_spec(cdn, secretName=f"tls-{n}"))
-        assert world.ready(f"shop-{n}") == ("True", "Synced")
-    assert calls(cdn)[before:] == ["GET /app/ssl/v1/account/{account}/certificate/"]
+        wait = await world.sync("cdncertificates", f"shop-{n}", cdn_spec(cdn, secretName=f"tls-{n}"))
+        assert 0 < wait <= interval
+        due[f"shop-{n}"] = world.offset + wait
+        await world.advance(3600)
+    before, moments, passes = len(calls(cdn)), set(), dict.fromkeys(due, 0)
+    end = world.offset + 3 * interval
+    while min(due.values()) < end:  # the daemons: each pass runs when the last one asked
+        name = min(due, key=lambda k: due[k])
+        await world.advance(max(0.0, due[name] - world.offset))
+        moments.add(round(world.offset / 60))  # the minute: passes of one moment are seconds apart
+        n = name.removeprefix("shop-")
+        wait = await world.sync("cdncertificates", name, cdn_spec(cdn, secretName=f"tls-{n}"))
+        assert world.ready(name) == ("True", "Synced") and 0 < wait <= interval
+        due[name], passes[name] = world.offset + wait, passes[name] + 1
+    lists = calls(cdn)[before:]
+    assert set(lists) == {"GET /app/ssl/v1/account/{account}/certificate/"}  # no write, no detail read
+    assert min(passes.values()) >= 3  # each checked once a cycle...
+    assert len(lists) == len(moments) <= 4  # ...all six at the same moments, sharing one list each time
 
 
 async def test_a_deployment_in_sync_is_read_once_per_drift_interval(world: World, emqx: Emulator) -> None:

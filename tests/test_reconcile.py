@@ -121,13 +121,17 @@ def test_same_observed_state_gives_the_same_plan() -> None:
 
 CDN_TARGET = "https://cdn.example|acct1"
 CDN_WANT = cdn.Desired(CDN_TARGET, "D2", ("AA", "BB"), "www.shop.example", None)
+CYCLE = 6 * 3600
+THIS_CYCLE = cdn.drift_cycle_start(CDN_TARGET, NOW, CYCLE)
 
 
 @pytest.mark.parametrize(
     ("desired", "record", "forced", "action"),
     [
-        (CDN_WANT, cdn.Record(CDN_TARGET, 4, "D2", NOW - dt.timedelta(hours=1)), False, "done"),
-        (CDN_WANT, cdn.Record(CDN_TARGET, 4, "D2", NOW - dt.timedelta(hours=1)), True, "get"),
+        # checked since the account's drift cycle began: nothing to do; checked before it: due
+        (CDN_WANT, cdn.Record(CDN_TARGET, 4, "D2", THIS_CYCLE + dt.timedelta(seconds=1)), False, "done"),
+        (CDN_WANT, cdn.Record(CDN_TARGET, 4, "D2", THIS_CYCLE - dt.timedelta(seconds=1)), False, "get"),
+        (CDN_WANT, cdn.Record(CDN_TARGET, 4, "D2", NOW), True, "get"),
         (CDN_WANT, cdn.Record(CDN_TARGET, 4, "D1", NOW), False, "get"),
         (CDN_WANT, cdn.Record(), False, "find"),
         # the account or endpoint changed: the old seq is not ours there
@@ -138,7 +142,32 @@ CDN_WANT = cdn.Desired(CDN_TARGET, "D2", ("AA", "BB"), "www.shop.example", None)
     ],
 )
 def test_cdn_plan_without_read(desired: cdn.Desired, record: cdn.Record, forced: bool, action: str) -> None:
-    assert cdn.plan_without_read(desired, record, NOW, 6 * 3600, forced).action == action
+    assert cdn.plan_without_read(desired, record, NOW, CYCLE, forced).action == action
+
+
+def test_an_accounts_certificates_fall_due_together_whenever_they_were_checked() -> None:
+    """Created or written at any time, every certificate of an account is next checked at the same moment:
+    the start of the account's next cycle, never more than one interval after its last check."""
+    moments = [NOW + dt.timedelta(seconds=s) for s in (0, 1, 59, 3600, 4 * 3600 + 7, CYCLE - 1, CYCLE, 3 * CYCLE + 5)]
+    for at in moments:
+        wait = cdn.until_next_drift_check(CDN_TARGET, at, CYCLE)
+        due = at + dt.timedelta(seconds=wait)
+        assert cdn.MIN_WAIT_S <= wait <= CYCLE
+        assert due == cdn.drift_cycle_start(CDN_TARGET, at, CYCLE) + dt.timedelta(seconds=CYCLE)
+        assert cdn.drift_cycle_start(CDN_TARGET, due, CYCLE) == due  # a cycle's start
+        checked = cdn.Record(CDN_TARGET, 4, "D2", at)
+        assert cdn.plan_without_read(CDN_WANT, checked, at, CYCLE, False).action == "done"
+        assert cdn.plan_without_read(CDN_WANT, checked, due, CYCLE, False).action == "get"
+    same_cycle = {cdn.until_next_drift_check(CDN_TARGET, THIS_CYCLE + dt.timedelta(seconds=s), CYCLE) + s
+                  for s in (0, 10, 600, CYCLE - 2)}  # fmt: skip
+    assert len(same_cycle) == 1
+
+
+def test_accounts_have_their_own_cycles_and_an_early_timer_waits_a_little() -> None:
+    starts = {cdn.drift_cycle_start(f"https://cdn.example|acct{n}", NOW, CYCLE) for n in range(20)}
+    assert len(starts) > 15  # spread over the interval, not all at once
+    almost = cdn.drift_cycle_start(CDN_TARGET, NOW, CYCLE) + dt.timedelta(seconds=CYCLE) - dt.timedelta(seconds=0.01)
+    assert cdn.until_next_drift_check(CDN_TARGET, almost, CYCLE) == cdn.MIN_WAIT_S
 
 
 @pytest.mark.parametrize(

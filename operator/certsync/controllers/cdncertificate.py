@@ -87,6 +87,11 @@ def remember_added(rt: Runtime, access: CdnAccess, seq: int, material: TLSMateri
     ))  # fmt: skip
 
 
+def next_check(rt: Runtime, desired: rc.Desired) -> float:
+    """After a check or a write: wait for the start of the account's next drift cycle (shared by its certificates)."""
+    return rc.until_next_drift_check(desired.target, rt.clock(), rt.settings.drift_interval)
+
+
 def forget_listing(rt: Runtime, access: CdnAccess) -> None:
     """After our own write the shared list is stale."""
     rt.cdn_lists.pop(target_key(access.endpoint.rstrip("/"), access.account), None)
@@ -154,7 +159,7 @@ async def sync(rt: Runtime, r: Resource) -> float | None:
             item = listed.get(seq)
             if item is not None and item.end_timestamp == int(material.bundle.leaf.not_after.timestamp()):
                 state = State("ready", "Synced", f"certificate seq {seq} in sync")
-                return await finish(rt, r, state, {"lastSyncTime": pki.rfc3339(now)}, drift)
+                return await finish(rt, r, state, {"lastSyncTime": pki.rfc3339(now)}, next_check(rt, desired))
         try:
             remote = await rt.cdn.get_certificate(access, seq)
             chain = tuple(link.fingerprint for link in remote.chain_info or ())
@@ -166,7 +171,7 @@ async def sync(rt: Runtime, r: Resource) -> float | None:
         if action == "adopt":
             updates = {**facts(material, seq), "appliedDigest": desired.digest, "target": desired.target,
                        "lastSyncTime": pki.rfc3339(now)}  # fmt: skip
-            return await finish(rt, r, state, updates, drift)
+            return await finish(rt, r, state, updates, next_check(rt, desired))
         if action == "patch":
             return await _patch(rt, r, access, material, desired, seq)
     return await _find_or_add(rt, r, access, material, desired)
@@ -189,7 +194,7 @@ async def _patch(
         access, seq, certificate=material.cert_pem, private_key=material.key_pem), outcome)  # fmt: skip
     forget_listing(rt, access)
     await event(rt, r, "Normal", "Rotated", f"patched certificate seq {seq}")
-    return await finish(rt, r, synced, {}, rt.settings.drift_interval)
+    return await finish(rt, r, synced, {}, next_check(rt, desired))
 
 
 async def _find_or_add(
@@ -205,7 +210,7 @@ async def _find_or_add(
         await record(rt, r, updates)
         await event(rt, r, "Normal", "Adopted", f"adopted existing certificate seq {found}")
         state = State("ready", "Synced", f"certificate seq {found} in sync")
-        return await finish(rt, r, state, {}, rt.settings.drift_interval)
+        return await finish(rt, r, state, {}, next_check(rt, desired))
     comment = str(r.spec.get("comment") or f"{r.namespace}/{r.name}")
     intent = new_intent("add", desired.target, desired.digest, now, chain=list(desired.chain_sha1))
 
@@ -227,7 +232,7 @@ async def _find_or_add(
         return await finish(rt, r, state, {}, 5.0)
     remember_added(rt, access, seq, material, comment)
     await event(rt, r, "Normal", "Created", f"added certificate seq {seq}")
-    return await finish(rt, r, synced(seq), {}, rt.settings.drift_interval)
+    return await finish(rt, r, synced(seq), {}, next_check(rt, desired))
 
 
 async def find_by_fingerprint(

@@ -8,6 +8,8 @@ target and seq so that a pass with nothing to do makes no call.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -68,15 +70,37 @@ class Plan:
     requeue_after: float | None = None
 
 
+MIN_WAIT_S = 1.0  # a timer that fires a hair early waits again this long, not a busy loop
+
+
+def drift_cycle_start(target: str, at: dt.datetime, interval: float) -> dt.datetime:
+    """The start of the account's drift cycle that `at` falls in.
+
+    An account's cycles are fixed (an offset from the account's name, so accounts do not all line up):
+    every certificate of the account is checked once per cycle, at its start, whenever it was created
+    or last written, so that all of them share one list call."""
+    span = max(1, round(interval))
+    offset = int.from_bytes(hashlib.sha256(target.encode()).digest()[:8], "big") % span
+    cycles = math.floor((at.timestamp() - offset) / span)
+    return dt.datetime.fromtimestamp(offset + cycles * span, dt.UTC)
+
+
+def until_next_drift_check(target: str, now: dt.datetime, interval: float) -> float:
+    """Seconds from `now` (a check just made) to the start of the account's next cycle: at most `interval`."""
+    following = drift_cycle_start(target, now, interval) + dt.timedelta(seconds=max(1, round(interval)))
+    return max(MIN_WAIT_S, (following - now).total_seconds())
+
+
 def plan_without_read(desired: Desired, record: Record, now: dt.datetime, drift: float, forced: bool) -> Plan:
     if record.intent is not None:
         return Plan("resolve", State("reconciling", "Pending", "reading the remote to settle an unfinished write"))
     seq = wanted_seq(desired, record)
     synced = record.applied_digest == desired.digest and seq is not None and seq == record.seq
     if synced and not forced and record.last_sync is not None:
-        since = (now - record.last_sync).total_seconds()
-        if since < drift:
-            return Plan("done", State("ready", "Synced", f"certificate seq {seq} in sync"), drift - since)
+        checked_this_cycle = record.last_sync >= drift_cycle_start(desired.target, now, drift)
+        if checked_this_cycle:
+            wait = until_next_drift_check(desired.target, now, drift)
+            return Plan("done", State("ready", "Synced", f"certificate seq {seq} in sync"), wait)
     if seq is not None:
         return Plan("get", State("reconciling", "Pending", f"reading certificate seq {seq}"))
     return Plan("find", State("reconciling", "Pending", "looking for this certificate on the remote"))
