@@ -145,3 +145,23 @@ def test_chart_ships_the_alerts_and_dashboard_of_deploy_monitoring() -> None:
     assert (
         dashboard["data"]["certsync.json"] == (REPO / "deploy" / "monitoring" / "grafana" / "certsync.json").read_text()
     )
+
+
+DURATIONS = ("driftInterval", "deleteTimeout", "leaseDuration", "renewDeadline", "retryPeriod")
+
+
+@pytest.mark.parametrize("value", ["6h", "30m", "1h30m", "45s", "90", "2.5", "1d", "10ms", "1.5h", "6h 1m", "h", "m30"])
+def test_the_schema_takes_exactly_the_durations_the_operator_reads(value: str) -> None:
+    """A value the schema lets through but the operator refuses would stop the pod at start, not `helm install`."""
+    import json
+
+    from certsync import settings
+
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["settings"]["properties"]
+    try:
+        settings.parse_duration(value)
+        readable = True
+    except settings.SettingsError:
+        readable = False
+    for name in DURATIONS:
+        assert bool(re.fullmatch(schema[name]["pattern"], value)) == readable, (name, value)

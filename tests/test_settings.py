@@ -143,6 +143,15 @@ def test_metrics_bind_address() -> None:
         settings.load(["--metrics-bind-address", "localhost; rm"], {})
 
 
+def test_the_drift_interval_is_at_least_a_minute() -> None:
+    assert settings.load([], {}).drift_interval == 6 * 3600
+    assert settings.load(["--drift-interval", "1m"], {}).drift_interval == 60
+    assert settings.load([], {"CERTSYNC_DRIFT_INTERVAL": "1h30m"}).drift_interval == 5400
+    for bad in ("0s", "0", "59s", "5"):  # 0 would be a tight read loop
+        with pytest.raises(settings.SettingsError, match="CERTSYNC_DRIFT_INTERVAL must be at least 1m"):
+            settings.load([], {"CERTSYNC_DRIFT_INTERVAL": bad})
+
+
 def test_namespaces_are_names_not_patterns() -> None:
     assert settings.load(["--namespaces", "team-a,b"], {}).namespaces == ("team-a", "b")
     for bad in ("team-*", "!kube-system", "Team", "a_b"):

@@ -21,6 +21,7 @@ CDN_HOSTS = (
 )
 DEFAULT_ALLOWED = (*CDN_HOSTS, *EMQX_HOSTS)
 DEFAULT_METRICS_BIND = "0.0.0.0"  # in a pod the kubelet's probes and Prometheus come from outside the pod
+MIN_DRIFT_INTERVAL_S = 60.0  # as the CRD's own minimum: a check costs a read of EMQX's 60 an hour
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -261,6 +262,8 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         raise SettingsError(f"CERTSYNC_METRICS_BIND_ADDRESS must be an IP address, not {bind!r}") from None
     log_format = pick(args.log_format, "CERTSYNC_LOG_FORMAT") or ("text" if sys.stderr.isatty() else "json")
     drift = pick(args.drift_interval, "CERTSYNC_DRIFT_INTERVAL") or "6h"
+    if parse_duration(drift) < MIN_DRIFT_INTERVAL_S:
+        raise SettingsError(f"CERTSYNC_DRIFT_INTERVAL must be at least 1m (each check is a remote read), not {drift!r}")
     budget = pick(args.cdn_budget_per_minute, "CERTSYNC_CDN_BUDGET_PER_MINUTE") or "20"
     concurrency = pick(args.remote_concurrency, "CERTSYNC_REMOTE_CONCURRENCY") or "32"
     per_target = pick(args.remote_concurrency_per_target, "CERTSYNC_REMOTE_CONCURRENCY_PER_TARGET") or "2"
