@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import kubernetes
 
+from certsync import pki
 from certsync.kubehttp import KubeHttp, path
 from certsync.reconcile import SecretView
 from certsync.secretwatch import SecretStore
@@ -138,7 +139,7 @@ class Kube:
 
     async def event(self, ref: ObjectRef, type_: str, reason: str, message: str) -> None:
         """Best effort: a lost Event must never fail a pass."""
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = pki.rfc3339(dt.datetime.now(dt.UTC))
         body = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{ref.name}.", "namespace": ref.namespace},
