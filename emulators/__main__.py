@@ -1,4 +1,4 @@
-"""`python -m emulators emqx|cdn --port N …`: run one emulator until SIGTERM."""
+"""`python -m emulators emqx|cdn --port N [--tls-cert C --tls-key K] …`: run one emulator until SIGTERM."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from emulators import cdn, emqx
-from emulators.common import start
+from emulators.common import server_tls, start
 
 
 def parser() -> argparse.ArgumentParser:
@@ -66,6 +66,9 @@ def parser() -> argparse.ArgumentParser:
         choices=sorted(cdn.DIALECTS),
         help="serve this alternate shape (repeatable): " + "; ".join(f"{k}: {v}" for k, v in cdn.DIALECTS.items()),
     )
+    for kind in (e, c):
+        kind.add_argument("--tls-cert", type=Path, help="serve HTTPS with this PEM chain (leaf first), with --tls-key")
+        kind.add_argument("--tls-key", type=Path, help="the PEM private key of --tls-cert")
     return root
 
 
@@ -114,7 +117,8 @@ def build(args: argparse.Namespace) -> web.Application:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    running = await start(build(args), args.host, args.port)
+    tls = server_tls(str(args.tls_cert), str(args.tls_key)) if args.tls_cert else None
+    running = await start(build(args), args.host, args.port, tls)
     print(f"listening on {running.url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -125,7 +129,11 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    asyncio.run(serve(parser().parse_args(argv)))
+    root = parser()
+    args = root.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        root.error("--tls-cert and --tls-key go together")
+    asyncio.run(serve(args))
     return 0
 
 

@@ -19,6 +19,7 @@ import asyncio
 import collections
 import json
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -231,13 +232,23 @@ class RunningEmulator:
         await self.runner.cleanup()
 
 
-async def start(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> RunningEmulator:
-    """Serve `app` on a real socket; port 0 picks a free one."""
+def server_tls(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server context for `--tls-cert/--tls-key` (PEM: the chain the emulator sends, then its key)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+async def start(
+    app: web.Application, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None
+) -> RunningEmulator:
+    """Serve `app` on a real socket; port 0 picks a free one. With `tls` it speaks HTTPS only."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.SockSite(runner, sock)
+    site = web.SockSite(runner, sock, ssl_context=tls)
     await site.start()
-    return RunningEmulator(runner, f"http://{host}:{sock.getsockname()[1]}")
+    scheme = "https" if tls is not None else "http"
+    return RunningEmulator(runner, f"{scheme}://{host}:{sock.getsockname()[1]}")

@@ -12,6 +12,8 @@ import yaml
 from certsync import settings
 from certsync.settings import EndpointError, Settings, normalise_endpoint, secret_name_problem
 
+from devkit.factory import issue
+
 CRDS = Path(__file__).resolve().parents[1] / "crds"
 
 
@@ -170,6 +172,60 @@ def test_remote_concurrency_limits() -> None:
             settings.load(["--remote-concurrency", bad], {})
         with pytest.raises(settings.SettingsError, match="CERTSYNC_REMOTE_CONCURRENCY_PER_TARGET"):
             settings.load([], {"CERTSYNC_REMOTE_CONCURRENCY_PER_TARGET": bad})
+
+
+def test_log_level() -> None:
+    assert settings.load([], {}).log_level == "info"
+    assert settings.load(["--log-level", "DEBUG"], {}).log_level == "debug"
+    assert settings.load([], {"CERTSYNC_LOG_LEVEL": "Warning"}).log_level == "warning"
+    assert settings.load(["--log-level", "error"], {"CERTSYNC_LOG_LEVEL": "debug"}).log_level == "error"
+    for bad in ("verbose", "trace", "10", "critical"):
+        with pytest.raises(
+            settings.SettingsError, match="CERTSYNC_LOG_LEVEL must be one of debug, info, warning, error"
+        ):
+            settings.load([], {"CERTSYNC_LOG_LEVEL": bad})
+
+
+def test_a_bad_setting_exits_2_with_its_message(capsys: pytest.CaptureFixture[str]) -> None:
+    from certsync import cli
+
+    assert cli.main(["run", "--log-level", "loud"]) == 2
+    assert "CERTSYNC_LOG_LEVEL must be one of debug, info, warning, error, not 'loud'" in capsys.readouterr().err
+    assert cli.main(["run", "--remote-ca-file", "/nonexistent/ca.pem"]) == 2
+    assert "CERTSYNC_REMOTE_CA_FILE '/nonexistent/ca.pem' cannot be read" in capsys.readouterr().err
+
+
+def test_the_remote_ca_file_is_checked_at_start(tmp_path: Path) -> None:
+    root = issue("Private Root CA", ca=True)
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(b"# the platform's private CA\n" + root.cert_pem + issue("Other CA", ca=True).cert_pem)
+    assert settings.load([], {}).remote_ca_file == ""
+    assert settings.load(["--remote-ca-file", str(bundle)], {}).remote_ca_file == str(bundle)
+    assert settings.load([], {"CERTSYNC_REMOTE_CA_FILE": str(bundle)}).remote_ca_file == str(bundle)
+
+    key_only = tmp_path / "key.pem"
+    key_only.write_bytes(root.key_pem())
+    body = root.cert_pem.decode().splitlines()
+    broken = tmp_path / "broken.pem"
+    broken.write_text("\n".join([body[0], body[1][:20] + "!!" + body[1][22:], *body[2:]]) + "\n")
+    binary = tmp_path / "ca.der"
+    binary.write_bytes(b"\x30\x82\x01\x0a-----BEGIN CERTIFICATE-----\xff\xfe")
+    huge = tmp_path / "huge.pem"
+    huge.write_bytes(root.cert_pem * (settings.MAX_CA_FILE // len(root.cert_pem) + 1))
+    refused = {
+        tmp_path / "absent.pem": "cannot be read",
+        tmp_path: "cannot be read",  # a directory
+        key_only: "holds no PEM certificate",
+        broken: "is not a PEM CA bundle OpenSSL can load",
+        binary: "is not a PEM CA bundle OpenSSL can load",
+        huge: "is larger than 1024 KiB",
+    }
+    key_line = root.key_pem().decode().splitlines()[1]
+    for path, problem in refused.items():
+        with pytest.raises(settings.SettingsError) as refusal:
+            settings.load([], {"CERTSYNC_REMOTE_CA_FILE": str(path)})
+        assert str(refusal.value).startswith(f"CERTSYNC_REMOTE_CA_FILE {str(path)!r} {problem}"), refusal.value
+        assert key_line[:16] not in str(refusal.value)  # the file is named, its content never shown
 
 
 # --- the CRDs agree -----------------------------------------------------------------------------

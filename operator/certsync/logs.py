@@ -8,6 +8,13 @@ header values and credential-named fields whoever wrote them, kopf and
 libraries included; it sits on the output handler and on kopf's per-object
 logger, whose own handler posts Kubernetes Events. kopf's per-object loggers
 attach `k8s_ref`, from which kind, namespace and name are taken.
+
+The level (`CERTSYNC_LOG_LEVEL`) applies to certsync's loggers and to kopf's, which
+follow it: at `debug` kopf's own debug lines (handler runs, patches of the watched
+resources, which carry no secret) show too. Libraries that would log request or
+response bodies at debug (the kubernetes client, urllib3, httpx, httpcore) stay at
+warning whatever the level: a Secret's body must never reach a log, and certsync's
+own debug line per remote call (remote.py) says what they would.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ import traceback
 from certsync.scrub import GENERIC, Scrubber
 
 MAX_ERROR = 400  # of an exception's message in a JSON event
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+# Kept at warning at every level: their debug output has request and response bodies (a Secret's, with its key).
+QUIET = ("httpx", "httpcore", "urllib3", "kubernetes", "hpack")
 
 
 class ScrubFilter(logging.Filter):
@@ -82,7 +92,9 @@ def install_filters(handler: logging.Handler) -> None:
         objects.addFilter(ScrubFilter())
 
 
-def configure(log_format: str, level: int = logging.INFO) -> None:
+def configure(log_format: str, level: str | int = "info") -> None:
+    """One handler on the root logger, scrubbed; `level` a name of LEVELS (settings.py checked it) or a number."""
+    number = LEVELS[level.lower()] if isinstance(level, str) else level
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
@@ -91,5 +103,6 @@ def configure(log_format: str, level: int = logging.INFO) -> None:
     install_filters(handler)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # request lines add nothing to our own events
+    root.setLevel(number)
+    for name in QUIET:
+        logging.getLogger(name).setLevel(max(number, logging.WARNING))

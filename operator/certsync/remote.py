@@ -14,6 +14,12 @@ remote's short message only, passed through the call's `Scrubber` (which knows
 that call's secrets) before they are cut to a safe length; a client also
 re-scrubs every error that leaves it (`RemoteError.scrubbed`), so no message
 built anywhere below can carry a secret of the call out.
+
+Transport: redirects are never followed; proxies come from the environment
+(`HTTPS_PROXY`, `NO_PROXY`: httpx's `trust_env`); TLS trusts httpx's bundle or,
+with `CERTSYNC_REMOTE_CA_FILE`, the system's store plus that file (`tls_context`).
+At debug level `send` logs every request: API, call, method, path (no query),
+status and time, never a header or a body.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import email.utils
+import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,17 +43,40 @@ from certsync.settings import EndpointError, normalise_endpoint
 
 DEFAULT_TIMEOUT = httpx.Timeout(20.0, connect=5.0)
 POOL_WAIT_S = 5.0
+log = logging.getLogger("certsync.remote")
+
+
+def tls_context(ca_file: str) -> ssl.SSLContext | None:
+    """What the remote clients verify the remotes' certificates with: None (httpx's default bundle) without a
+    CA file, else the system's default store plus `ca_file` (settings.py checked it at start)."""
+    if not ca_file:
+        return None
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=ca_file)
+    return context
 
 
 def http_client(
-    concurrency: Concurrency, timeout: httpx.Timeout, transport: httpx.AsyncBaseTransport | None
+    concurrency: Concurrency,
+    timeout: httpx.Timeout,
+    transport: httpx.AsyncBaseTransport | None,
+    verify: ssl.SSLContext | None = None,
 ) -> httpx.AsyncClient:
     """A pool as large as the calls allowed in flight: requests wait in `Concurrency`'s fair queue, never here.
 
-    The pool timeout is short because it can only be reached if that invariant breaks."""
+    The pool timeout is short because it can only be reached if that invariant breaks. `trust_env` stays on:
+    `HTTPS_PROXY`/`NO_PROXY` route the calls (a proxy gets a CONNECT; TLS still ends at the remote, verified
+    with `verify`). Redirects are refused: a 3xx is an answer like any other, never followed."""
     limits = httpx.Limits(max_connections=concurrency.overall, max_keepalive_connections=concurrency.overall)
     bounded = httpx.Timeout(connect=timeout.connect, read=timeout.read, write=timeout.write, pool=POOL_WAIT_S)
-    return httpx.AsyncClient(transport=transport, timeout=bounded, limits=limits, follow_redirects=False)
+    return httpx.AsyncClient(
+        transport=transport,
+        timeout=bounded,
+        limits=limits,
+        follow_redirects=False,
+        trust_env=True,
+        verify=True if verify is None else verify,
+    )
 
 
 REPLICA_HEADER = "X-Certsync-Replica"
@@ -197,13 +228,25 @@ async def send(
     try:
         response = await http.send(request, auth=auth)
     except httpx.TimeoutException as error:
-        observe(api, call, "error", time.perf_counter() - started)
+        _observed(observe, api, call, request, "error", started, type(error).__name__)
         raise TransportError(f"{api} {call}: timed out ({type(error).__name__})") from error
     except httpx.TransportError as error:
-        observe(api, call, "error", time.perf_counter() - started)
+        _observed(observe, api, call, request, "error", started, type(error).__name__)
         raise TransportError(f"{api} {call}: {type(error).__name__}: {short(error)}") from error
-    observe(api, call, str(response.status_code), time.perf_counter() - started)
+    _observed(observe, api, call, request, str(response.status_code), started, "")
     return response
+
+
+def _observed(
+    observe: Observer, api: str, call: str, request: httpx.Request, code: str, started: float, error: str
+) -> None:
+    """The observer (metrics) and, at debug, one log line: the path has ids only (no query is ever built, and
+    none is logged), and the record still passes the scrub filter (logs.py) like every other."""
+    seconds = time.perf_counter() - started
+    observe(api, call, code, seconds)
+    if log.isEnabledFor(logging.DEBUG):
+        outcome = f"{code} ({error})" if error else code
+        log.debug("%s %s: %s %s -> %s in %.3f s", api, call, request.method, request.url.path, outcome, seconds)
 
 
 @dataclass(frozen=True)
@@ -228,7 +271,9 @@ Sleep = Callable[[float], Awaitable[None]]
 
 class RemoteClient:
     """What both API clients hold: one pool sized by the shared `Concurrency`, the shared budget behind a
-    `BudgetGate`, the retry policy for reads, and the observer told of every request (metrics)."""
+    `BudgetGate`, the retry policy for reads, and the observer told of every request (metrics).
+
+    `verify`: the TLS context the remotes' certificates are checked with (`tls_context`); None: httpx's."""
 
     def __init__(
         self,
@@ -240,12 +285,13 @@ class RemoteClient:
         sleep: Sleep | None = None,
         observe: Observer = no_observer,
         concurrency: Concurrency | None = None,
+        verify: ssl.SSLContext | None = None,
     ) -> None:
         self.observe = observe
         self.concurrency = concurrency or Concurrency()
         self.retry = retry
         self._sleep = sleep
-        self._http = http_client(self.concurrency, timeout, transport)
+        self._http = http_client(self.concurrency, timeout, transport, verify)
         self.gate = BudgetGate(budget or RateBudget())
 
     async def aclose(self) -> None:

@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import os
 import re
+import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@-]*$")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_CA_FILE = 1024 * 1024  # a bundle of a few hundred roots is far below; anything larger is not a CA bundle
 
 
 class SettingsError(ValueError):
@@ -135,6 +138,25 @@ def secret_name_problem(name: object, field_path: str) -> str | None:
     return None
 
 
+def check_ca_file(path: str) -> None:
+    """Refuse at start a CA bundle the remote clients could not use: missing, unreadable, or without a
+    PEM certificate that OpenSSL loads. Found now, not at the first remote call hours later."""
+    name = "CERTSYNC_REMOTE_CA_FILE"
+    try:
+        with open(path, "rb") as bundle:
+            data = bundle.read(MAX_CA_FILE + 1)
+    except OSError as error:
+        raise SettingsError(f"{name} {path!r} cannot be read: {error.strerror or type(error).__name__}") from None
+    if len(data) > MAX_CA_FILE:
+        raise SettingsError(f"{name} {path!r} is larger than {MAX_CA_FILE // 1024} KiB: not a CA bundle")
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise SettingsError(f"{name} {path!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+    try:
+        ssl.create_default_context().load_verify_locations(cadata=data.decode("ascii"))
+    except (ssl.SSLError, UnicodeDecodeError, ValueError) as error:
+        raise SettingsError(f"{name} {path!r} is not a PEM CA bundle OpenSSL can load: {error}") from None
+
+
 def parse_duration(text: str) -> float:
     """`6h`, `30m`, `1h30m`, `45s` or plain seconds."""
     text = text.strip()
@@ -175,6 +197,9 @@ class Settings:
     remote_concurrency_per_target: int = 2
     # Passes running at once (client-go's workers): the others wait their turn, first come, first served.
     workers: int = 32
+    log_level: str = "info"  # one of LOG_LEVELS
+    # A PEM bundle the remote clients trust besides the system's store (a private CA, a TLS-inspecting proxy's).
+    remote_ca_file: str = ""
     _allowed_prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
@@ -214,6 +239,11 @@ def parser() -> argparse.ArgumentParser:
         help=f"address of the metrics and health server, {DEFAULT_METRICS_BIND} (CERTSYNC_METRICS_BIND_ADDRESS)",
     )
     p.add_argument("--log-format", choices=["json", "text"], help="CERTSYNC_LOG_FORMAT")
+    p.add_argument("--log-level", help="debug, info, warning or error (CERTSYNC_LOG_LEVEL)")
+    p.add_argument(
+        "--remote-ca-file",
+        help="PEM bundle trusted for the remote APIs besides the system's store (CERTSYNC_REMOTE_CA_FILE)",
+    )
     p.add_argument("--drift-interval", help="default drift-check interval (CERTSYNC_DRIFT_INTERVAL)")
     p.add_argument("--cdn-budget-per-minute", help="CDN calls per minute per account (CERTSYNC_CDN_BUDGET_PER_MINUTE)")
     p.add_argument(
@@ -261,6 +291,12 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ValueError:
         raise SettingsError(f"CERTSYNC_METRICS_BIND_ADDRESS must be an IP address, not {bind!r}") from None
     log_format = pick(args.log_format, "CERTSYNC_LOG_FORMAT") or ("text" if sys.stderr.isatty() else "json")
+    log_level = (pick(args.log_level, "CERTSYNC_LOG_LEVEL") or "info").strip().lower()
+    if log_level not in LOG_LEVELS:
+        raise SettingsError(f"CERTSYNC_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}")
+    ca_file = pick(args.remote_ca_file, "CERTSYNC_REMOTE_CA_FILE") or ""
+    if ca_file:
+        check_ca_file(ca_file)
     drift = pick(args.drift_interval, "CERTSYNC_DRIFT_INTERVAL") or "6h"
     if parse_duration(drift) < MIN_DRIFT_INTERVAL_S:
         raise SettingsError(f"CERTSYNC_DRIFT_INTERVAL must be at least 1m (each check is a remote read), not {drift!r}")
@@ -306,6 +342,8 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         metrics_port=int(port),
         metrics_bind_address=bind,
         log_format=log_format,
+        log_level=log_level,
+        remote_ca_file=ca_file,
         drift_interval=parse_duration(drift),
         cdn_budget_per_minute=int(budget),
         remote_concurrency=int(concurrency),
