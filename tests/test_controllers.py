@@ -16,9 +16,9 @@ from certsync import pki
 from certsync.budget import EMQX_READ, EMQX_WRITE, Window
 from certsync.cdn import CdnClient
 from certsync.controllers import cdncertificate, deletion, deploymenttls, letsencryptorder
-from certsync.controllers.base import Resource, Runtime
+from certsync.controllers.base import Resource, Runtime, first_sight
 from certsync.emqx import EmqxClient
-from certsync.kube import KubeError, ObjectRef
+from certsync.kube import SECRET_FORBIDDEN_RETRY_S, KubeError, ObjectRef
 from certsync.metrics import Metrics
 from certsync.reconcile import SecretView
 from certsync.reconcile.targets import Claim
@@ -27,6 +27,7 @@ from certsync.settings import Settings
 
 from devkit.factory import Chain, Issued, issue, three_level
 from tests.conftest import CDN_PASSWORD, CDN_USER, EMQX_KEY, EMQX_SECRET, Emulator
+from tests.status_schema import problems, status_schema
 
 NS = "team-a"
 SYNCS = {
@@ -49,6 +50,10 @@ class FakeKube:
         return self.secrets.get((namespace, name))
 
     async def patch_status(self, ref: ObjectRef, status: Mapping[str, Any]) -> None:
+        """As the API server would: a field the CRD does not declare would be pruned, a wrong value refused."""
+        refused = problems(status_schema(ref.plural), dict(status))
+        if refused:
+            pytest.fail(f"the API server would prune or refuse this status patch: {refused}")
         if self.fail(status):
             raise KubeError("InternalError", "patching status failed: injected", transient=True)
         stored = self.status.setdefault(ref.name, {})
@@ -471,3 +476,76 @@ async def test_a_deployment_in_sync_is_read_once_per_drift_interval(world: World
         await world.sync("deploymenttlses", "mqtt", dtls_spec(emqx))
     assert calls(emqx).count("GET /deployments/{deployment_id}/tls") == reads + 1
     assert world.ready("mqtt") == ("True", "Synced")
+
+
+# --- what the resource says before and besides its passes ----------------------------------------
+
+
+async def test_a_resource_first_seen_is_reconciling_until_its_first_pass_decides(world: World, emqx: Emulator) -> None:
+    """kstatus reads a resource without conditions as Current: the operator says Reconciling at first sight."""
+    world.kube.put_tls("mqtt-tls", issue("mqtt.example.com"))
+    local: dict[str, Any] = {}
+    seen = Resource("deploymenttlses", NS, "broker", "uid-broker", 3, "t", dtls_spec(emqx), {}, local)
+    await first_sight(world.rt, seen)
+    status = world.status("broker")
+    assert status["observedGeneration"] == 3 and calls(emqx) == []
+    by_type = {c["type"]: (c["status"], c["reason"], c["observedGeneration"]) for c in status["conditions"]}
+    assert by_type == {"Ready": ("Unknown", "Progressing", 3), "Reconciling": ("True", "Progressing", 3),
+                       "Stalled": ("False", "Progressing", 3)}  # fmt: skip
+    patches: list[Mapping[str, Any]] = []
+    world.kube.fail = lambda patch: bool(patches.append(patch))
+    await first_sight(world.rt, Resource("deploymenttlses", NS, "broker", "uid-broker", 3, "t", {}, {}, local))
+    await first_sight(world.rt, Resource("deploymenttlses", NS, "broker", "uid-broker", 3, "t", {}, status))
+    assert patches == []  # seen once: its status keeps the conditions (across restarts too)
+    await world.sync("deploymenttlses", "broker", dtls_spec(emqx))
+    assert world.ready("broker") == ("False", "Pending")
+
+
+async def test_a_forbidden_secret_stalls_with_its_own_reason_and_is_looked_at_again(
+    world: World, emqx: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RBAC is no input the operator watches: a 403 is not InvalidSpec, and it is retried on a slow timer."""
+    from certsync import handlers
+
+    refusal = KubeError("SecretForbidden", "the operator's ServiceAccount may not read Secret 'mqtt-tls' (RBAC)",
+                        transient=False, retry_after=SECRET_FORBIDDEN_RETRY_S)  # fmt: skip
+
+    async def forbidden(namespace: str, name: str) -> SecretView | None:
+        raise refusal
+
+    monkeypatch.setattr(world.kube, "read_secret", forbidden)
+    resource = Resource("deploymenttlses", NS, "broker", "uid-broker", 1, "t", dtls_spec(emqx), {})
+    delay, failures = await handlers.one_pass(world.rt, resource, 0)
+    assert (delay, failures) == (SECRET_FORBIDDEN_RETRY_S, 1) and calls(emqx) == []
+    conditions = {c["type"]: c for c in world.status("broker")["conditions"]}
+    assert (conditions["Stalled"]["status"], conditions["Stalled"]["reason"]) == ("True", "SecretForbidden")
+    assert "RBAC" in conditions["Stalled"]["message"]
+    assert [reason for _, reason, _ in world.kube.events] == ["SecretForbidden"]
+
+
+async def test_a_refused_cdn_login_is_kept_in_status_as_the_crd_declares_it(world: World, cdn: Emulator) -> None:
+    """cdnLogin is written by the handlers after a pass: the fake API server checks it against the CRD too."""
+    from certsync import handlers
+
+    world.trusted_tls("shop-tls", "www.shop.example")
+    world.kube.put("cdn-creds", username=CDN_USER, password="not-the-password")
+    resource = Resource("cdncertificates", NS, "shop", "uid-shop", 1, "t", cdn_spec(cdn), {})
+    await handlers.one_pass(world.rt, resource, 0)
+    login = world.status("shop")["cdnLogin"]
+    assert login["username"] == CDN_USER and login["refused"]["credentialsId"] and login["recentRefusals"]
+    assert world.ready("shop") == ("False", "CredentialsInvalid")
+
+
+async def test_a_retried_deletion_says_the_same_thing_each_time_so_its_events_are_counted(
+    world: World, cdn: Emulator
+) -> None:
+    world.trusted_tls("shop-tls", "www.shop.example")
+    spec = {**cdn_spec(cdn), "deletionPolicy": "Delete"}
+    await world.sync("cdncertificates", "shop", spec)
+    await cdn.fault("503", count=100)
+    resource = Resource("cdncertificates", NS, "shop", "uid-shop", 1, "t", spec, dict(world.status("shop")))
+    started = dt.datetime.now(dt.UTC).isoformat()
+    for attempt in range(3):
+        assert await deletion.delete(world.rt, resource, started, attempt) is not None
+    retried = [(reason, message) for _, reason, message in world.kube.events if reason == "DeleteRetrying"]
+    assert len(retried) == 3 and len(set(retried)) == 1, retried

@@ -3,12 +3,14 @@ named, and turn an error status into the client's own exception."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 from typing import Any
 
 import kubernetes
 import pytest
-from certsync.kube import Kube, KubeError
+from certsync.kube import EVENT_WINDOW_S, SECRET_FORBIDDEN_RETRY_S, Kube, KubeError, ObjectRef
 from certsync.kubehttp import KubeHttp, path
 
 
@@ -132,3 +134,92 @@ def test_a_streamed_answer_is_left_open_for_its_reader() -> None:
     http, pool, _ = client(_Answer(200))
     response = http.open("GET", path("api", "v1", "secrets"), query={"watch": True}, timeout=(1.0, 2.0))
     assert response is pool.answer and not pool.answer.released
+
+
+@pytest.mark.parametrize(("status", "reason"), [(403, "SecretForbidden"), (400, "InvalidSpec"), (422, "InvalidSpec")])
+async def test_a_secret_the_operator_may_not_read_has_its_own_reason(status: int, reason: str) -> None:
+    http, _, _ = client(_Answer(status))
+    with pytest.raises(KubeError) as raised:
+        await Kube(http.client).read_secret("n", "tls")
+    assert raised.value.reason == reason and not raised.value.transient
+    if status == 403:  # what to fix, and a look again later: RBAC changes are no input the operator watches
+        assert "ServiceAccount" in raised.value.message and "RBAC" in raised.value.message
+        assert raised.value.retry_after == SECRET_FORBIDDEN_RETRY_S
+
+
+class _EventServer:
+    """Answers Event creates with a generated name and patches with `patch_status`; records what was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, dict[str, Any]]] = []
+        self.patch_status = 200
+        self.created = 0
+
+    def request(self, method: str, url: str, **kwargs: Any) -> _Answer:
+        body = json.loads(kwargs["body"]) if kwargs.get("body") else {}
+        self.sent.append((method, url.rsplit("/", 1)[-1], body))
+        if method == "POST":
+            self.created += 1
+            return _Answer(201, json.dumps({"metadata": {"name": f"e{self.created}"}}).encode())
+        assert kwargs["headers"]["Content-Type"] == "application/merge-patch+json"
+        return _Answer(self.patch_status)
+
+
+def event_layer(cache: int = 8) -> tuple[Kube, _EventServer, list[dt.datetime]]:
+    http, _, _ = client(_Answer(200))
+    server = _EventServer()
+    http.client.rest_client.pool_manager = server
+    now = [dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)]
+    return Kube(http.client, clock=lambda: now[0], event_cache=cache), server, now
+
+
+REF = ObjectRef("deploymenttlses", "DeploymentTLS", "n", "broker", "uid-1")
+
+
+async def test_the_same_event_again_counts_on_the_event_posted_before() -> None:
+    kube, server, now = event_layer()
+    for _ in range(3):
+        await kube.event(REF, "Warning", "RemoteUnavailable", "HTTP 503")
+        now[0] += dt.timedelta(seconds=30)
+    assert [(method, name) for method, name, _ in server.sent] == [("POST", "events"), ("PATCH", "e1"), ("PATCH", "e1")]
+    assert [body.get("count") for _, _, body in server.sent] == [1, 2, 3]
+    assert [body["lastTimestamp"] for _, _, body in server.sent] == [
+        "2026-03-01T12:00:00Z", "2026-03-01T12:00:30Z", "2026-03-01T12:01:00Z"]  # fmt: skip
+    await kube.event(REF, "Warning", "RemoteUnavailable", "HTTP 502")  # another message: another Event
+    await kube.event(REF, "Normal", "RemoteUnavailable", "HTTP 503")  # another type too
+    await kube.event(dataclasses.replace(REF, name="other"), "Warning", "RemoteUnavailable", "HTTP 503")
+    assert [method for method, _, _ in server.sent[3:]] == ["POST", "POST", "POST"]
+
+
+async def test_an_event_is_posted_anew_after_the_window_or_when_the_one_before_is_gone() -> None:
+    kube, server, now = event_layer()
+    await kube.event(REF, "Normal", "Synced", "in sync")
+    now[0] += dt.timedelta(seconds=EVENT_WINDOW_S)  # ten minutes without it: a new Event, as client-go's
+    await kube.event(REF, "Normal", "Synced", "in sync")
+    server.patch_status = 404  # the Event expired (the API server's TTL) or someone deleted it
+    await kube.event(REF, "Normal", "Synced", "in sync")
+    server.patch_status = 200
+    await kube.event(REF, "Normal", "Synced", "in sync")
+    assert [(method, name) for method, name, _ in server.sent] == [
+        ("POST", "events"), ("POST", "events"), ("PATCH", "e2"), ("POST", "events"), ("PATCH", "e3")]  # fmt: skip
+
+
+async def test_without_the_patch_verb_every_event_is_still_posted() -> None:
+    kube, server, _ = event_layer()
+    server.patch_status = 403
+    for _ in range(3):
+        await kube.event(REF, "Warning", "InternalError", "boom")
+    assert [method for method, _, _ in server.sent] == ["POST", "PATCH", "POST", "POST"]  # asked once, then not
+
+
+async def test_a_failed_count_never_fails_the_pass_and_the_cache_is_bounded() -> None:
+    kube, server, _ = event_layer(cache=2)
+    await kube.event(REF, "Normal", "Synced", "a")
+    server.patch_status = 500
+    await kube.event(REF, "Normal", "Synced", "a")  # best effort: logged, not raised
+    for message in ("b", "c", "d"):
+        await kube.event(REF, "Normal", "Synced", message)
+    assert len(kube.events) == 2 and [key[-1] for key in kube.events] == ["c", "d"]
+    server.patch_status = 200
+    await kube.event(REF, "Normal", "Synced", "a")  # forgotten: posted anew
+    assert server.sent[-1][0] == "POST"

@@ -232,7 +232,7 @@ def test_the_remote_ca_file_is_checked_at_start(tmp_path: Path) -> None:
 
 
 def crd_properties() -> list[tuple[str, dict[str, Any]]]:
-    """(field path, schema) of every endpoint and Secret name field in the CRDs."""
+    """(field path, schema) of every endpoint and Secret name field in the CRDs' specs (what users write)."""
     found: list[tuple[str, dict[str, Any]]] = []
 
     def walk(schema: dict[str, Any], path: str) -> None:
@@ -244,7 +244,7 @@ def crd_properties() -> list[tuple[str, dict[str, Any]]]:
 
     for crd in sorted(CRDS.glob("certsync.io_*.yaml")):
         doc = yaml.safe_load(crd.read_text())
-        walk(doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"], crd.stem)
+        walk(doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"], f"{crd.stem}.spec")
     return found
 
 

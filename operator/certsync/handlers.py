@@ -22,14 +22,14 @@ import kopf
 from certsync.budget import EMQX_READ, EMQX_WRITE, Concurrency, RateBudget, Window
 from certsync.cdn import CdnClient
 from certsync.controllers import cdncertificate, deletion, deploymenttls, letsencryptorder
-from certsync.controllers.base import KINDS, Resource, Runtime, finish, state_for_error
+from certsync.controllers.base import KINDS, Resource, Runtime, finish, first_sight, state_for_error
 from certsync.emqx import EmqxClient
 from certsync.kube import GROUP, VERSION, Kube, KubeError, ResourceGone
 from certsync.metrics import Metrics
 from certsync.reconcile import State
 from certsync.reconcile.conditions import jittered, poll_delay
 from certsync.reconcile.targets import Claim, target_key
-from certsync.remote import RemoteError
+from certsync.remote import RemoteError, tls_context
 from certsync.secretwatch import SecretStore
 from certsync.settings import Settings
 
@@ -88,7 +88,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
     settings.persistence.finalizer = "certsync.io/finalizer"
-    settings.posting.level = logging.INFO
+    # Every Event goes through `Kube.event`, which counts repeats on one Event as client-go does; kopf's
+    # poster would create one per message (and, in older kopf versions, one per log line of its own).
+    settings.posting.enabled = False
     settings.watching.server_timeout = 300
     # A hung watch (half-open connection) is reset instead of silently starving the daemons of events.
     settings.watching.client_timeout = 330
@@ -103,6 +105,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     secrets = SecretStore(config.namespaces, w.secret_changed)
     secrets.start()
     limits = Concurrency(per_scope=config.remote_concurrency_per_target, overall=config.remote_concurrency)
+    tls = tls_context(config.remote_ca_file)  # None: httpx's bundle; else the system's store plus the file
     memo["runtime"] = Runtime(
         settings=config,
         budget=budget,
@@ -112,9 +115,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             read_window=Window(EMQX_READ.limit, config.emqx_budget_window),
             write_window=Window(EMQX_WRITE.limit, config.emqx_budget_window),
             concurrency=limits,
+            verify=tls,
         ),
         cdn=CdnClient(
-            budget=budget, per_minute=config.cdn_budget_per_minute, observe=metrics.observe_request, concurrency=limits
+            budget=budget,
+            per_minute=config.cdn_budget_per_minute,
+            observe=metrics.observe_request,
+            concurrency=limits,
+            verify=tls,
         ),
         kube=Kube(secrets=secrets),
         metrics=metrics,
@@ -297,7 +305,7 @@ async def _one_pass(rt: Runtime, r: Resource, failures: int, stopping: Callable[
     except KubeError as error:
         if isinstance(error, ResourceGone):
             raise
-        delay = jittered(poll_delay(failures), random.random()) if error.transient else None
+        delay = jittered(poll_delay(failures), random.random()) if error.transient else error.retry_after
         state = State("reconciling" if error.transient else "stalled", error.reason, error.message)
     except Exception as error:  # a bug or an unforeseen answer: say so, back off, keep the traceback in the log
         if stopping():
@@ -323,6 +331,10 @@ def _daemon(plural: str) -> None:
         wake = w.events.setdefault(key, asyncio.Event())
         local: dict[str, Any] = {}
         failures = 0
+        # Before waiting for a worker: a status-less resource must not read as healthy meanwhile. A failure
+        # here is the first pass's to meet again (and a deleted resource ends the loop there).
+        with contextlib.suppress(KubeError):
+            await first_sight(rt, _resource(plural, body, local))
         while not stopped:
             wake.clear()
             forced = key in w.forced

@@ -3,7 +3,8 @@
 The kubernetes client is synchronous; every call runs in a thread with a
 request timeout so that a hung API server cannot hang a pass. Status patches
 are retried with backoff: what a write did must be recorded, and the write
-itself is never repeated because recording it failed.
+itself is never repeated because recording it failed. Events are counted as
+client-go's recorder counts them: a repeat patches the Event posted before.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import binascii
 import datetime as dt
 import logging
 import random
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,17 +30,27 @@ from certsync.secretwatch import SecretStore
 GROUP, VERSION = "certsync.io", "v1alpha1"
 REQUEST_TIMEOUT = (5.0, 15.0)  # connect, read
 STATUS_ATTEMPTS = 6  # about a minute of backoff before a pass gives up on recording
+SECRET_FORBIDDEN_RETRY_S = 300.0  # RBAC is fixed outside any input the operator watches: look again this often
+EVENT_WINDOW_S = 600.0  # client-go's EventCorrelator: a repeat within 10 minutes counts on the Event posted before
+EVENT_CACHE = 4096  # client-go's LRU size: the Events remembered for counting
+EVENT_MESSAGE = 1024
+MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
 log = logging.getLogger("certsync.kube")
+EventKey = tuple[str, str, str, str, str, str, str]  # namespace, kind, name, uid, type, reason, message
 
 
 class KubeError(Exception):
-    """A Kubernetes API call failed; `reason` is the condition reason a pass reports."""
+    """A Kubernetes API call failed; `reason` is the condition reason a pass reports.
 
-    def __init__(self, reason: str, message: str, *, transient: bool) -> None:
+    A permanent error waits for an input to change, or `retry_after` seconds when nothing the operator
+    watches would tell it (RBAC)."""
+
+    def __init__(self, reason: str, message: str, *, transient: bool, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.transient = transient
+        self.retry_after = retry_after
 
 
 class ResourceGone(KubeError):
@@ -67,13 +79,32 @@ class KubeLayer(Protocol):
     async def event(self, ref: ObjectRef, type_: str, reason: str, message: str) -> None: ...
 
 
+@dataclass
+class PostedEvent:
+    """An Event this process posted: what a repeat of it patches."""
+
+    name: str
+    count: int
+    last: dt.datetime
+
+
 class Kube:
     """The real layer, on the kubernetes client's configuration loaded at startup."""
 
-    def __init__(self, api_client: Any = None, secrets: SecretStore | None = None) -> None:
+    def __init__(
+        self,
+        api_client: Any = None,
+        secrets: SecretStore | None = None,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        event_cache: int = EVENT_CACHE,
+    ) -> None:
         self.http = KubeHttp(api_client)
         self.custom: Any = kubernetes.client.CustomObjectsApi(self.http.client)
         self.secrets = secrets
+        self.clock = clock
+        self.event_cache = event_cache
+        self.events: OrderedDict[EventKey, PostedEvent] = OrderedDict()  # least recently posted first
+        self.patch_events = True  # False once RBAC refused a patch: every Event is then posted anew
 
     async def read_secret(self, namespace: str, name: str) -> SecretView | None:
         """The Secret's body: kept from an earlier read while the Secret watch says it has not changed."""
@@ -94,9 +125,16 @@ class Kube:
         except kubernetes.client.ApiException as error:
             if error.status == 404:
                 return None
-            if error.status in (400, 403, 422):
+            if error.status == 403:
                 raise KubeError(
-                    "InvalidSpec", f"the operator may not read Secret {name!r} (HTTP {error.status})", transient=False
+                    "SecretForbidden",
+                    f"the operator's ServiceAccount may not read Secret {name!r} in namespace {namespace!r} "
+                    "(HTTP 403): grant it get, list and watch on Secrets there (RBAC)",
+                    transient=False, retry_after=SECRET_FORBIDDEN_RETRY_S,
+                ) from None  # fmt: skip
+            if error.status in (400, 422):
+                raise KubeError(
+                    "InvalidSpec", f"the API server refuses Secret name {name!r} (HTTP {error.status})", transient=False
                 ) from None
             raise KubeError("InternalError", f"reading Secret {name!r}: HTTP {error.status}", transient=True) from None
         except Exception as error:  # connection refused, timeouts: urllib3 errors are not ApiException
@@ -138,20 +176,64 @@ class Kube:
             await asyncio.sleep(delay)
 
     async def event(self, ref: ObjectRef, type_: str, reason: str, message: str) -> None:
-        """Best effort: a lost Event must never fail a pass."""
-        now = pki.rfc3339(dt.datetime.now(dt.UTC))
+        """Best effort: a lost Event must never fail a pass.
+
+        The same Event again (object, type, reason and message) within `EVENT_WINDOW_S` of its last
+        occurrence is counted on the Event posted before (`count`, `lastTimestamp`), as client-go's recorder
+        does, so that a retrying resource does not bury the namespace's Events; it is posted anew when
+        that Event expired or was deleted (404), or when RBAC refuses the patch (403)."""
+        message = message[:EVENT_MESSAGE]
+        key: EventKey = (ref.namespace, ref.kind, ref.name, ref.uid, type_, reason, message)
+        now = self.clock()
+        try:
+            posted = self.events.get(key)
+            fresh = posted is not None and 0 <= (now - posted.last).total_seconds() < EVENT_WINDOW_S
+            if posted is not None and fresh and self.patch_events and await self._count_again(ref, posted, now):
+                self.events.move_to_end(key)
+                return
+            name = await self._post_event(ref, type_, reason, message, now)
+        except Exception as error:
+            log.warning("posting an Event for %s/%s failed: %s", ref.namespace, ref.name, type(error).__name__)
+            return
+        if name:
+            self.events[key] = PostedEvent(name, 1, now)
+            self.events.move_to_end(key)
+            while len(self.events) > self.event_cache:
+                self.events.popitem(last=False)
+
+    async def _count_again(self, ref: ObjectRef, posted: PostedEvent, now: dt.datetime) -> bool:
+        """Count one more occurrence on the Event posted before; False when it is gone or may not be patched."""
+        patch = {"count": posted.count + 1, "lastTimestamp": pki.rfc3339(now)}
+        try:
+            await asyncio.to_thread(
+                self.http.json, "PATCH", path("api", "v1", "namespaces", ref.namespace, "events", posted.name),
+                body=patch, headers=MERGE_PATCH, timeout=REQUEST_TIMEOUT,
+            )  # fmt: skip
+        except kubernetes.client.ApiException as error:
+            if error.status == 404:  # expired (the API server's event TTL) or deleted: a new one
+                return False
+            if error.status == 403:
+                self.patch_events = False
+                log.warning("the operator may not patch Events (RBAC lacks the patch verb on events): "
+                            "each repeated Event is posted anew instead of counted")  # fmt: skip
+                return False
+            raise
+        posted.count, posted.last = posted.count + 1, now
+        return True
+
+    async def _post_event(self, ref: ObjectRef, type_: str, reason: str, message: str, now: dt.datetime) -> str:
+        """Create the Event; its generated name (empty if the answer lacks it)."""
+        stamp = pki.rfc3339(now)
         body = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{ref.name}.", "namespace": ref.namespace},
             "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": ref.kind, "name": ref.name,
                                "namespace": ref.namespace, "uid": ref.uid},
-            "reason": reason, "message": message[:1024], "type": type_,
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1, "source": {"component": "certsync"},
+            "reason": reason, "message": message, "type": type_,
+            "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1, "source": {"component": "certsync"},
         }  # fmt: skip
-        try:
-            await asyncio.to_thread(
-                self.http.json, "POST", path("api", "v1", "namespaces", ref.namespace, "events"),
-                body=body, timeout=REQUEST_TIMEOUT,
-            )  # fmt: skip
-        except Exception as error:
-            log.warning("posting an Event for %s/%s failed: %s", ref.namespace, ref.name, type(error).__name__)
+        created = await asyncio.to_thread(
+            self.http.json, "POST", path("api", "v1", "namespaces", ref.namespace, "events"),
+            body=body, timeout=REQUEST_TIMEOUT,
+        )  # fmt: skip
+        return str((created.get("metadata") or {}).get("name") or "")

@@ -8,21 +8,40 @@ standby, a rolling update never completes and the PodDisruptionBudget never
 allows an eviction. `/healthz` is kept as an alias of `/livez`.
 
 Names follow cert-manager's (`certmanager_certificate_expiration_timestamp_seconds`,
-`certmanager_certificate_ready_status`) with the `certsync_` prefix.
+`certmanager_certificate_ready_status`) with the `certsync_` prefix. The registry is private (tests build
+several), so the process, `python_info` and GC collectors that the default registry would carry are added
+to it explicitly: dashboards and capacity alerts expect them of every Python exporter.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from certsync import version
 from certsync.budget import RateBudget
 
 Probe = Callable[[], tuple[bool, str]]
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, float("inf"))
+"""Seconds. Past the clients' deadline (`remote.DEFAULT_TIMEOUT`: 5 s to connect, 20 s per read or write), so
+that a call that ends in a timeout lands in a bucket of its own instead of in +Inf with every slow answer."""
+
+CONDITIONS = ("True", "False", "Unknown")
 
 
 class Metrics:
@@ -35,7 +54,7 @@ class Metrics:
         )
         self.latency = Histogram(
             "certsync_remote_request_duration_seconds", "Latency of remote API requests", ["api", "call"],
-            registry=self.registry,
+            buckets=LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.budget_remaining = Gauge(
             "certsync_budget_remaining", "Calls left in the current rate window", ["api", "scope", "class"],
@@ -56,6 +75,15 @@ class Metrics:
             "certsync_resource_stalled", "1 while the resource is Stalled (needs a person), else 0",
             ["kind", "namespace", "name"], registry=self.registry,
         )  # fmt: skip
+        self.suspended = Gauge(
+            "certsync_resource_suspended", "1 while spec.suspend is true (Ready=False on purpose: no alert), else 0",
+            ["kind", "namespace", "name"], registry=self.registry,
+        )  # fmt: skip
+        self.last_sync = Gauge(
+            "certsync_last_sync_timestamp_seconds",
+            "When the resource was last found in sync with its remote (Unix time; status.lastSyncTime where kept)",
+            ["kind", "namespace", "name"], registry=self.registry,
+        )  # fmt: skip
         self.leader = Gauge(
             "certsync_leader", "1 on the replica that holds the Lease and acts, 0 on a standby", registry=self.registry
         )
@@ -66,6 +94,14 @@ class Metrics:
             "certsync_leader_last_renewal_timestamp_seconds", "When this replica last acquired or renewed the Lease",
             registry=self.registry,
         )  # fmt: skip
+        self.build_info = Gauge(
+            "certsync_build_info", "Always 1: the running certsync's version and the commit it was built from",
+            ["version", "commit"], registry=self.registry,
+        )  # fmt: skip
+        self.build_info.labels(version.version(), version.commit()).set(1.0)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         # Probes: (ok, what to say). The operator replaces them once its loops exist.
         self.liveness: Probe = lambda: (True, "ok")
         self.readiness: Probe = lambda: (False, "starting")
@@ -74,19 +110,30 @@ class Metrics:
         self.requests.labels(api, call, code).inc()
         self.latency.labels(api, call).observe(seconds)
 
-    def set_ready(self, kind: str, namespace: str, name: str, condition: str, stalled: bool | None = None) -> None:
-        """`stalled`: the pass's state is Stalled (the CertsyncResourceStalled alert); None leaves it as it was."""
-        for value in ("True", "False", "Unknown"):
+    def pass_ended(
+        self, kind: str, namespace: str, name: str, state: str, *,
+        expiry: dt.datetime | None = None, synced_at: dt.datetime | None = None,
+    ) -> None:  # fmt: skip
+        """Every per-resource series after a pass that ended in `state` (a `StateKind`: ready, reconciling,
+        stalled, suspended). Stalled and suspended are series of their own because both are Ready=False: the
+        alerts tell "needs a person" and "switched off on purpose" from "not there yet" with them.
+        `synced_at` is kept only for a pass that ended in sync: a later failure leaves the last success shown."""
+        condition = "True" if state == "ready" else "False"
+        for value in CONDITIONS:
             self.ready.labels(kind, namespace, name, value).set(1.0 if value == condition else 0.0)
-        if stalled is not None:
-            self.stalled.labels(kind, namespace, name).set(1.0 if stalled else 0.0)
+        self.stalled.labels(kind, namespace, name).set(1.0 if state == "stalled" else 0.0)
+        self.suspended.labels(kind, namespace, name).set(1.0 if state == "suspended" else 0.0)
+        if expiry is not None:
+            self.expiry.labels(kind, namespace, name).set(expiry.timestamp())
+        if state == "ready" and synced_at is not None:
+            self.last_sync.labels(kind, namespace, name).set(synced_at.timestamp())
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         """A deleted resource leaves no stale series behind."""
-        for value in ("True", "False", "Unknown"):
+        for value in CONDITIONS:
             with contextlib.suppress(KeyError):
                 self.ready.remove(kind, namespace, name, value)
-        for gauge in (self.expiry, self.stalled):
+        for gauge in (self.expiry, self.stalled, self.suspended, self.last_sync):
             with contextlib.suppress(KeyError):
                 gauge.remove(kind, namespace, name)
 

@@ -21,7 +21,7 @@ from certsync.cdn import CdnClient
 from certsync.emqx import EmqxClient
 from certsync.kube import KubeLayer, ObjectRef
 from certsync.metrics import Metrics
-from certsync.reconcile.conditions import State, conditions, jittered, parse_time, poll_delay
+from certsync.reconcile.conditions import State, conditions, first_seen, jittered, parse_time, poll_delay
 from certsync.reconcile.record import Intent
 from certsync.reconcile.targets import Claim
 from certsync.remote import RateLimitedError, RemoteError
@@ -130,6 +130,15 @@ async def record(rt: Runtime, r: Resource, updates: Mapping[str, Any]) -> None:
     r.local.update(changed)
 
 
+async def first_sight(rt: Runtime, r: Resource) -> None:
+    """A resource without conditions gets Reconciling/Progressing now, before it waits for a worker and before
+    any remote call: kstatus (Flux) would read it as Current until its first pass ends. One status patch in
+    the resource's life: its status keeps the conditions across restarts."""
+    if r.status.get("conditions"):
+        return
+    await record(rt, r, {"observedGeneration": r.generation, "conditions": first_seen(r.generation, rt.clock())})
+
+
 async def event(rt: Runtime, r: Resource, type_: str, reason: str, message: str) -> None:
     await rt.kube.event(r.ref, type_, reason, GENERIC.short(message, MAX_TEXT))
 
@@ -153,11 +162,11 @@ async def finish(
     await record(rt, r, {**updates, **settled(rt, r, state)})
     kind = KINDS[r.plural]
     rt.metrics.reconciles.labels(kind, state.kind).inc()
-    ready = "True" if state.kind == "ready" else "False"
-    rt.metrics.set_ready(kind, r.namespace, r.name, ready, stalled=state.kind == "stalled")
+    # The last sync: status.lastSyncTime (the remote last read or written in sync, kept across restarts) where
+    # the kind records it; a LetsEncryptOrder, which has nothing to re-read, was in sync at this pass's end.
+    synced_at = parse_time(r.status.get("lastSyncTime")) or rt.clock()
     expiry = parse_time(r.status.get("notAfter") or r.status.get("expire"))
-    if expiry is not None:
-        rt.metrics.expiry.labels(kind, r.namespace, r.name).set(expiry.timestamp())
+    rt.metrics.pass_ended(kind, r.namespace, r.name, state.kind, expiry=expiry, synced_at=synced_at)
     if old_ready.get("reason") != state.reason or old_ready.get("message") != state.message:
         warning = state.kind == "stalled" or state.reason in ("RateLimited", "RemoteUnavailable", "InternalError")
         if old_ready.get("reason") != state.reason:

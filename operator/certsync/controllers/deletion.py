@@ -11,10 +11,12 @@ target to an older one) removes nothing.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from certsync import pki
 from certsync.cdn import CdnAccess, RecordNotFound
 from certsync.controllers import cdncertificate, deploymenttls, letsencryptorder
 from certsync.controllers.base import Resource, Runtime, conflict, event, precheck
@@ -49,8 +51,10 @@ async def delete(rt: Runtime, r: Resource, deleted_at: str | None, attempt: int)
                         f"gave up removing the remote certificate ({why}): {error.message}")  # fmt: skip
             return Done
         delay = min(rt.settings.delete_timeout - elapsed, poll_delay(attempt) * random.uniform(0.5, 1.0))
+        # No varying delay in the message: the same failure again counts on one Event (see Kube.event).
+        until = pki.rfc3339(started + dt.timedelta(seconds=rt.settings.delete_timeout))
         await event(rt, r, "Warning", "DeleteRetrying",
-                    f"removing the remote certificate failed: {error.message}; retrying in {delay:.0f}s")  # fmt: skip
+                    f"removing the remote certificate failed: {error.message}; retrying until {until}")  # fmt: skip
         return max(1.0, delay)
     await event(rt, r, "Normal", "Deleted", "removed the remote certificate")
     return Done

@@ -11,6 +11,7 @@ from certsync import pki
 
 POLL_FIRST_S = 5.0
 POLL_MAX_S = 300.0
+PROGRESSING = "Progressing"
 
 StateKind = Literal["ready", "reconciling", "stalled", "suspended"]
 
@@ -50,6 +51,21 @@ def conditions(
             }
         )
     return result
+
+
+def first_seen(generation: int, now: dt.datetime) -> list[dict[str, Any]]:
+    """The conditions of a resource the operator has just seen: Reconciling, Ready Unknown.
+
+    kstatus reads a resource without conditions as Current, so a status-less resource would look
+    healthy to Flux while its first pass waits for a worker or for the remote. `Progressing` is the
+    reason kstatus' and Flux's own controllers give while they work on a resource."""
+    stamp = pki.rfc3339(now)
+    message = "seen by the operator; its first pass decides"
+    return [
+        {"type": kind, "status": status, "reason": PROGRESSING, "message": message,
+         "observedGeneration": generation, "lastTransitionTime": stamp}
+        for kind, status in (("Ready", "Unknown"), ("Reconciling", "True"), ("Stalled", "False"))
+    ]  # fmt: skip
 
 
 def poll_delay(attempt: int) -> float:
