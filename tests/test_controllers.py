@@ -403,6 +403,29 @@ async def test_delete_retries_an_unavailable_remote_then_gives_up_within_the_bou
     assert "DeleteRetrying" in reasons and reasons[-1] == "DeleteFailed"
 
 
+async def test_delete_honours_the_timeout_whatever_fails(
+    world: World, cdn: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only a remote's error: an API server failing under the Secret read is retried, then given up on time."""
+    world.trusted_tls("shop-tls", "www.shop.example")
+    spec = {**cdn_spec(cdn), "deletionPolicy": "Delete"}
+    await world.sync("cdncertificates", "shop", spec)
+
+    async def failing_read(namespace: str, name: str) -> SecretView | None:
+        raise KubeError("InternalError", "reading the Secret failed: the API server is gone", transient=True)
+
+    monkeypatch.setattr(world.kube, "read_secret", failing_read)
+    resource = Resource("cdncertificates", NS, "shop", "uid-shop", 1, "t", spec, dict(world.status("shop")))
+    started = dt.datetime.now(dt.UTC)
+    again = await deletion.delete(world.rt, resource, started.isoformat(), 0)
+    assert again is not None and again >= 1.0
+    too_late = (started - dt.timedelta(seconds=31)).isoformat()
+    assert await deletion.delete(world.rt, resource, too_late, 5) is None  # the finalizer may go
+    events = [(reason, message) for _, reason, message in world.kube.events]
+    assert events[-1][0] == "DeleteFailed" and "API server is gone" in events[-1][1]
+    assert cdn.state.certificates  # nothing removed: the certificate stays, as the Warning says
+
+
 async def test_a_pass_cut_short_by_the_stop_records_nothing(
     world: World, cdn: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

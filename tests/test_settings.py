@@ -291,3 +291,19 @@ def test_crd_secret_name_pattern_agrees_with_the_check(name: str) -> None:
             continue
         admitted = bool(re.fullmatch(schema["pattern"], name)) and len(name) <= schema["maxLength"]
         assert admitted is (secret_name_problem(name, path) is None), path
+
+
+def test_remote_bounds_take_sizes_and_durations_within_limits() -> None:
+    loaded = settings.load(["--remote-max-answer-bytes", "512Ki", "--remote-call-deadline", "1m"], {})
+    assert (loaded.remote_max_answer_bytes, loaded.remote_call_deadline) == (512 * 1024, 60.0)
+    default = settings.load([], {})
+    assert (default.remote_max_answer_bytes, default.remote_call_deadline) == (4 * 1024 * 1024, 30.0)
+    for flag, value in [
+        ("--remote-max-answer-bytes", "1Gi"),
+        ("--remote-max-answer-bytes", "1"),
+        ("--remote-max-answer-bytes", "4 MB"),
+        ("--remote-call-deadline", "1s"),
+        ("--remote-call-deadline", "1h"),
+    ]:
+        with pytest.raises(settings.SettingsError):
+            settings.load([flag, value], {})

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
+import math
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -55,14 +55,15 @@ import httpx
 
 from certsync.budget import CDN_PER_MINUTE, Scope, Window
 from certsync.remote import (
+    DECODE_ERRORS,
     RateLimitedError,
     RemoteClient,
     RemoteError,
     RemoteStatusError,
     ServiceUnavailable,
     base_url,
+    json_body,
     parse_retry_after,
-    send,
     short,
     with_retries,
 )
@@ -71,6 +72,8 @@ from certsync.scrub import GENERIC, Scrubber
 T = TypeVar("T")
 TOKEN_LIFETIME_S = 6 * 3600.0
 RENEW_MARGIN_S = 10 * 60.0  # renew this long before the token's announced end
+# A token said to live shorter is held this long (a minute past the renewal margin); a 401 still logs in again.
+MIN_TOKEN_LIFETIME_S = RENEW_MARGIN_S + 60.0
 BAN_SECONDS = 3 * 3600.0  # the provider bans an account this long after 7 wrong passwords
 MAX_REFUSALS = 5  # refused logins per endpoint + username within BAN_SECONDS, whatever the Secret: 2 below a ban
 TOKEN_STALE_S = 5 * 60.0  # an envelope 455 on a token older than this means "token no longer valid"
@@ -489,7 +492,7 @@ class CdnClient(RemoteClient):
         )
         async with self.concurrency.slot(scope.target):
             self.gate.acquire(scope, self.login_window)  # counted when sent, not when queued
-            response = await send(self._http, request, "cdn", "login", observe=self.observe)
+            response = await self.send(request, "cdn", "login")
         now = round(self.clock(), 3)  # as exported: a refusal read back from status is the same refusal
         if response.status_code == 401:
             if access.credentials_id:
@@ -513,6 +516,9 @@ class CdnClient(RemoteClient):
             raise CdnInternalError(0, "token endpoint answered without a token")
         lifetime_ms = body.get("lifetime") if isinstance(body, dict) else None
         lifetime = float(lifetime_ms) / 1000.0 if _number(lifetime_ms) else TOKEN_LIFETIME_S
+        # A lifetime is believed between a minute and our own cap: a tiny one would make every call a login.
+        lifetime = min(max(lifetime, MIN_TOKEN_LIFETIME_S), TOKEN_LIFETIME_S) if math.isfinite(lifetime) else 0.0
+        lifetime = lifetime or TOKEN_LIFETIME_S
         memory.banned_until = 0.0
         self._tokens[self._token_key(access)] = _Token(token, now + min(lifetime, TOKEN_LIFETIME_S), now)
         return token
@@ -568,7 +574,7 @@ class CdnClient(RemoteClient):
             call = f"{method} {path.split('/')[0]}"
             async with self.concurrency.slot(scope.target):
                 self.gate.acquire(scope, self.window)  # counted when sent, not when queued
-                response = await send(self._http, request, "cdn", call, observe=self.observe)
+                response = await self.send(request, "cdn", call)
             refused = response.status_code in (401, 405)
             if not refused:
                 self._raise_for_http(response, scope, self.window, with_token)
@@ -634,16 +640,16 @@ class CdnClient(RemoteClient):
 
 def _json(response: httpx.Response) -> Any:
     try:
-        return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CdnInternalError(response.status_code, "answer is not JSON") from None
+        return json_body(response)
+    except DECODE_ERRORS as error:
+        raise CdnInternalError(response.status_code, f"answer is not JSON ({type(error).__name__})") from None
 
 
 def _message(response: httpx.Response) -> str:
     try:
-        body = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return response.text
+        body = json_body(response)
+    except DECODE_ERRORS:
+        return response.content.decode("utf-8", "replace")
     return str(body.get("message", "")) if isinstance(body, dict) else str(body)
 
 

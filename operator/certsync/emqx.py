@@ -27,7 +27,6 @@ error leaving the client.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
@@ -36,15 +35,16 @@ import httpx
 
 from certsync.budget import EMQX_READ, EMQX_WRITE, Scope, Window
 from certsync.remote import (
+    DECODE_ERRORS,
     RateLimitedError,
     RemoteClient,
     RemoteError,
     RemoteStatusError,
     ServiceUnavailable,
     base_url,
+    json_body,
     parse_retry_after,
     retryable_status,
-    send,
     short,
     with_retries,
 )
@@ -86,18 +86,21 @@ def phase(status: str) -> Phase:
 
 @dataclass(frozen=True)
 class DeploymentTLSInfo:
-    """One answer about a deployment's TLS. `expire` is an observation only: its zone is undocumented."""
+    """One answer about a deployment's TLS, as data: known fields hold known values, free texts are scrubbed
+    with the call's secrets and cut short (an endpoint echoing the API secret in every field leaks nothing).
+    `expire` is an observation only: its zone is undocumented."""
 
-    tls_type: str
+    tls_type: str  # "one-way", "two-way", "" (not said) or "unknown"
     expire: dt.datetime | None  # the remote gives no zone; read as UTC (it may well be UTC+8)
-    status: str  # the remote's own word, passed through; see `phase`
-    cn: str = ""  # the certificate's common name, when the remote says it
-    expire_text: str = ""  # `expire` exactly as the remote wrote it, to compare with a later answer
+    status: Phase  # the remote's status as one of the documented words, else "unknown"
+    cn: str = ""  # the certificate's common name, when the remote says it (scrubbed, at most 64 characters)
+    expire_text: str = ""  # `expire` as the remote wrote it (scrubbed, short), to compare with a later answer
     message: str = ""  # the remote's short message beside a status (e.g. why it `failed`), cut short
+    status_text: str = ""  # the remote's own status word, scrubbed and short: for messages only
 
     @property
     def phase(self) -> Phase:
-        return phase(self.status)
+        return self.status
 
     @staticmethod
     def is_absent(data: Any) -> bool:
@@ -110,14 +113,25 @@ class DeploymentTLSInfo:
         if not isinstance(data, dict) or not _text(data.get("status")):
             raise EmqxUnexpectedAnswer(200, f"unexpected answer: {short(data, scrubber)}")
         expire_text = _text(data.get("expire"))
+        expire = parse_expire(expire_text)
         return cls(
-            tls_type=_text(data["tlsType"]),
-            expire=parse_expire(expire_text),
-            status=_text(data["status"]),
-            cn=_text(data.get("cn")),
-            expire_text=expire_text,
+            tls_type=_tls_type(data.get("tlsType")),
+            expire=expire,
+            status=phase(_text(data["status"])),
+            cn=scrubber.short(_text(data.get("cn")), limit=MAX_CN),
+            expire_text=expire_text if expire is not None else scrubber.short(expire_text, limit=MAX_WORD),
             message=short(_text(data.get("message")), scrubber),
+            status_text=scrubber.short(_text(data["status"]), limit=MAX_WORD),
         )
+
+
+MAX_CN = 64  # X.509's upper bound for a common name
+MAX_WORD = 40  # what is kept of a word that should have been one of a few known ones
+
+
+def _tls_type(value: object) -> str:
+    said = _text(value).lower()
+    return said if said in ("", "one-way", "two-way") else "unknown"
 
 
 def _text(value: object) -> str:
@@ -213,9 +227,9 @@ def _message_and_code(response: httpx.Response, scrubber: Scrubber) -> tuple[str
     if not response.content:
         return "", ""
     try:
-        body = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return short(response.text, scrubber), ""
+        body = json_body(response)
+    except DECODE_ERRORS:
+        return short(response.content.decode("utf-8", "replace"), scrubber), ""
     if not isinstance(body, dict):
         return short(body, scrubber), ""
     code = body.get("code")
@@ -266,7 +280,7 @@ class EmqxClient(RemoteClient):
         auth = httpx.BasicAuth(access.api_key, access.api_secret)
         async with self.concurrency.slot(scope.target):
             self.gate.acquire(scope, window)  # counted when sent, not when queued: the remote counts so
-            response = await send(self._http, request, "emqx", CALLS[method], auth=auth, observe=self.observe)
+            response = await self.send(request, "emqx", CALLS[method], auth=auth)
         if response.is_success:
             return response
         retry_after = None
@@ -309,9 +323,9 @@ def _nothing(response: httpx.Response, scrubber: Scrubber) -> None:
 
 def _json(response: httpx.Response) -> Any:
     try:
-        return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise EmqxUnexpectedAnswer(response.status_code, "answer is not JSON") from None
+        return json_body(response)
+    except DECODE_ERRORS as error:
+        raise EmqxUnexpectedAnswer(response.status_code, f"answer is not JSON ({type(error).__name__})") from None
 
 
 def _tls_body(tls_type: str, cert: str, key: str, cacert: str | None) -> dict[str, str]:

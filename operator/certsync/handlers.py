@@ -105,25 +105,23 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     secrets = SecretStore(config.namespaces, w.secret_changed)
     secrets.start()
     limits = Concurrency(per_scope=config.remote_concurrency_per_target, overall=config.remote_concurrency)
-    tls = tls_context(config.remote_ca_file)  # None: httpx's bundle; else the system's store plus the file
+    bounds: dict[str, Any] = {
+        "observe": metrics.observe_request,
+        "concurrency": limits,
+        "verify": tls_context(config.remote_ca_file),  # None: httpx's bundle; else the system's store plus the file
+        "max_answer_bytes": config.remote_max_answer_bytes,
+        "call_deadline": config.remote_call_deadline,
+    }
     memo["runtime"] = Runtime(
         settings=config,
         budget=budget,
         emqx=EmqxClient(
             budget=budget,
-            observe=metrics.observe_request,
             read_window=Window(EMQX_READ.limit, config.emqx_budget_window),
             write_window=Window(EMQX_WRITE.limit, config.emqx_budget_window),
-            concurrency=limits,
-            verify=tls,
+            **bounds,
         ),
-        cdn=CdnClient(
-            budget=budget,
-            per_minute=config.cdn_budget_per_minute,
-            observe=metrics.observe_request,
-            concurrency=limits,
-            verify=tls,
-        ),
+        cdn=CdnClient(budget=budget, per_minute=config.cdn_budget_per_minute, **bounds),
         kube=Kube(secrets=secrets),
         metrics=metrics,
         workers=asyncio.Semaphore(config.workers),

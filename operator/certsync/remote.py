@@ -27,13 +27,15 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import email.utils
+import json
 import logging
 import random
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import ClassVar, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import httpx
 
@@ -43,6 +45,17 @@ from certsync.settings import EndpointError, normalise_endpoint
 
 DEFAULT_TIMEOUT = httpx.Timeout(20.0, connect=5.0)
 POOL_WAIT_S = 5.0
+# A hostile or broken remote is contained: no answer is read past this many bytes (decoded), and no call lasts
+# longer than its deadline from connect to last byte (httpx's timeouts are per read: a drip of one byte a second
+# would hold a call forever). Both are settings (CERTSYNC_REMOTE_MAX_ANSWER_BYTES, CERTSYNC_REMOTE_CALL_DEADLINE).
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+CALL_DEADLINE_S = 30.0
+# Waits a remote may ask for are believed up to this; beyond it they are this (a 429 with a year's Retry-After
+# would otherwise park a resource for a year).
+MAX_RETRY_AFTER_S = 3600.0
+# What decoding a hostile body can raise: bad JSON or UTF-8, numbers over Python's digit limit, nesting past the
+# recursion limit. Each becomes the client's "unexpected answer" error, never an exception of its own.
+DECODE_ERRORS: tuple[type[Exception], ...] = (ValueError, UnicodeError, RecursionError, OverflowError)
 log = logging.getLogger("certsync.remote")
 
 
@@ -152,6 +165,13 @@ class RemoteStatusError(RemoteError):
         self.remote_message = message
 
 
+class AnswerRefused(TransportError):
+    """The remote's answer was not read whole: over the byte cap, or past the call's deadline.
+
+    A transport failure: a write's outcome is then unknown (the caller reads back). Never retried inside a call:
+    the same remote would most likely do the same again, and each try costs budget."""
+
+
 class NotLeading(TransportError):
     """Not sent: this replica no longer holds the Lease (it is about to exit)."""
 
@@ -172,17 +192,33 @@ def short(text: object, scrubber: Scrubber = GENERIC) -> str:
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """`Retry-After` as seconds from now: delta-seconds or an HTTP date."""
+    """`Retry-After` as seconds from now, within [0, MAX_RETRY_AFTER_S]: delta-seconds or an HTTP date.
+
+    Anything else (`²`, `-1`, `1e9`, a date that does not parse) is ignored, as RFC 9110 allows."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if _DELTA_SECONDS.fullmatch(value):
+        return min(float(value), MAX_RETRY_AFTER_S)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_S)
+
+
+_DELTA_SECONDS = re.compile(r"[0-9]{1,12}", re.ASCII)
+
+
+def json_body(response: httpx.Response) -> Any:
+    """The answer's JSON. Raises one of `DECODE_ERRORS` on anything else, `NaN` and `Infinity` included (Python's
+    json takes them; no API sends them, and a NaN lifetime or timestamp would poison every comparison)."""
+    return json.loads(response.content, parse_constant=_refuse_constant)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 @dataclass
@@ -218,23 +254,63 @@ async def send(
     *,
     auth: httpx.Auth | None = None,
     observe: Observer = no_observer,
+    max_bytes: int = MAX_ANSWER_BYTES,
+    deadline: float = CALL_DEADLINE_S,
 ) -> httpx.Response:
-    """Send one request, turning every transport failure into `TransportError`."""
+    """Send one request and read its answer whole, within `max_bytes` and `deadline` (connect to last byte);
+    every transport failure becomes a `TransportError` (`AnswerRefused` past a bound)."""
     if replica := REPLICA.get():
         if not replica.may_act():
             raise NotLeading(f"{api} {call}: not sent, this replica no longer leads")
         request.headers[REPLICA_HEADER] = replica.identity
     started = time.perf_counter()
     try:
-        response = await http.send(request, auth=auth)
+        async with asyncio.timeout(deadline):
+            streamed = await http.send(request, auth=auth, stream=True)
+            try:
+                body = await _read_capped(streamed, max_bytes)
+            finally:
+                await streamed.aclose()
+    except TimeoutError as error:
+        _observed(observe, api, call, request, "error", started, "deadline")
+        raise AnswerRefused(f"{api} {call}: no whole answer within the call's deadline of {deadline:g}s") from error
+    except AnswerRefused:
+        _observed(observe, api, call, request, "error", started, "too large")
+        raise
     except httpx.TimeoutException as error:
         _observed(observe, api, call, request, "error", started, type(error).__name__)
         raise TransportError(f"{api} {call}: timed out ({type(error).__name__})") from error
-    except httpx.TransportError as error:
+    except (httpx.TransportError, httpx.StreamError) as error:
         _observed(observe, api, call, request, "error", started, type(error).__name__)
         raise TransportError(f"{api} {call}: {type(error).__name__}: {short(error)}") from error
-    _observed(observe, api, call, request, str(response.status_code), started, "")
-    return response
+    _observed(observe, api, call, request, str(streamed.status_code), started, "")
+    return _whole(streamed, body)
+
+
+async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
+    """The decoded body, refused as soon as it passes `max_bytes` (a compressed bomb is cut when decoded)."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and "Content-Encoding" not in response.headers and int(declared) > max_bytes:
+        raise AnswerRefused(f"answer of {declared} bytes refused: more than the {max_bytes} bytes accepted")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            raise AnswerRefused(f"answer refused after {max_bytes} bytes: more than the {max_bytes} bytes accepted")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+_NOT_COPIED = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
+def _whole(streamed: httpx.Response, body: bytes) -> httpx.Response:
+    """A read response holding `body` (already decoded: the encoding headers are not carried over)."""
+    headers = [(name, value) for name, value in streamed.headers.multi_items() if name.lower() not in _NOT_COPIED]
+    return httpx.Response(
+        streamed.status_code, headers=headers, content=body, request=streamed.request, extensions=streamed.extensions
+    )
 
 
 def _observed(
@@ -286,13 +362,26 @@ class RemoteClient:
         observe: Observer = no_observer,
         concurrency: Concurrency | None = None,
         verify: ssl.SSLContext | None = None,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
+        call_deadline: float = CALL_DEADLINE_S,
     ) -> None:
         self.observe = observe
+        self.max_answer_bytes = max_answer_bytes
+        self.call_deadline = call_deadline
         self.concurrency = concurrency or Concurrency()
         self.retry = retry
         self._sleep = sleep
         self._http = http_client(self.concurrency, timeout, transport, verify)
         self.gate = BudgetGate(budget or RateBudget())
+
+    async def send(
+        self, request: httpx.Request, api: str, call: str, *, auth: httpx.Auth | None = None
+    ) -> httpx.Response:
+        """`send` with this client's pool, observer and bounds."""
+        return await send(
+            self._http, request, api, call, auth=auth, observe=self.observe,
+            max_bytes=self.max_answer_bytes, deadline=self.call_deadline,
+        )  # fmt: skip
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -314,8 +403,8 @@ async def with_retries(
     for attempt in range(policy.attempts):
         try:
             return await call()
-        except (ServiceUnavailable, TransportError):
-            if not idempotent or attempt + 1 >= policy.attempts:
+        except (ServiceUnavailable, TransportError) as error:
+            if not idempotent or attempt + 1 >= policy.attempts or isinstance(error, AnswerRefused):
                 raise
             await sleep(policy.delay(attempt))
     raise AssertionError("unreachable: the loop returns or raises")

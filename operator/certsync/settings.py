@@ -169,6 +169,17 @@ def parse_duration(text: str) -> float:
     return float(hours * 3600 + minutes * 60 + seconds)
 
 
+_SIZE = re.compile(r"([0-9]{1,12})(Ki|Mi)?")
+
+
+def parse_size(text: str) -> int:
+    """Bytes: `4194304`, `4096Ki` or `4Mi`."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise SettingsError(f"{text!r} is not a size (examples: 4Mi, 512Ki, 65536)")
+    return int(match.group(1)) * {None: 1, "Ki": 1024, "Mi": 1024 * 1024}[match.group(2)]
+
+
 @dataclass(frozen=True)
 class Settings:
     allowed_endpoints: tuple[str, ...] = DEFAULT_ALLOWED
@@ -200,6 +211,9 @@ class Settings:
     log_level: str = "info"  # one of LOG_LEVELS
     # A PEM bundle the remote clients trust besides the system's store (a private CA, a TLS-inspecting proxy's).
     remote_ca_file: str = ""
+    # Bounds on every remote call (remote.py): bytes read of an answer, and seconds from connect to last byte.
+    remote_max_answer_bytes: int = 4 * 1024 * 1024
+    remote_call_deadline: float = 30.0
     _allowed_prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
@@ -243,6 +257,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--remote-ca-file",
         help="PEM bundle trusted for the remote APIs besides the system's store (CERTSYNC_REMOTE_CA_FILE)",
+    )
+    p.add_argument(
+        "--remote-max-answer-bytes",
+        help="bytes read of a remote's answer at most, e.g. 4Mi (CERTSYNC_REMOTE_MAX_ANSWER_BYTES)",
+    )
+    p.add_argument(
+        "--remote-call-deadline", help="one remote call, connect to last byte, at most (CERTSYNC_REMOTE_CALL_DEADLINE)"
     )
     p.add_argument("--drift-interval", help="default drift-check interval (CERTSYNC_DRIFT_INTERVAL)")
     p.add_argument("--cdn-budget-per-minute", help="CDN calls per minute per account (CERTSYNC_CDN_BUDGET_PER_MINUTE)")
@@ -297,6 +318,12 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     ca_file = pick(args.remote_ca_file, "CERTSYNC_REMOTE_CA_FILE") or ""
     if ca_file:
         check_ca_file(ca_file)
+    max_answer = parse_size(pick(args.remote_max_answer_bytes, "CERTSYNC_REMOTE_MAX_ANSWER_BYTES") or "4Mi")
+    if not 64 * 1024 <= max_answer <= 64 * 1024 * 1024:
+        raise SettingsError(f"CERTSYNC_REMOTE_MAX_ANSWER_BYTES must be from 64Ki to 64Mi, not {max_answer} bytes")
+    call_deadline = parse_duration(pick(args.remote_call_deadline, "CERTSYNC_REMOTE_CALL_DEADLINE") or "30s")
+    if not 5 <= call_deadline <= 300:
+        raise SettingsError(f"CERTSYNC_REMOTE_CALL_DEADLINE must be from 5s to 5m, not {call_deadline:g}s")
     drift = pick(args.drift_interval, "CERTSYNC_DRIFT_INTERVAL") or "6h"
     if parse_duration(drift) < MIN_DRIFT_INTERVAL_S:
         raise SettingsError(f"CERTSYNC_DRIFT_INTERVAL must be at least 1m (each check is a remote read), not {drift!r}")
@@ -344,6 +371,8 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         log_format=log_format,
         log_level=log_level,
         remote_ca_file=ca_file,
+        remote_max_answer_bytes=max_answer,
+        remote_call_deadline=call_deadline,
         drift_interval=parse_duration(drift),
         cdn_budget_per_minute=int(budget),
         remote_concurrency=int(concurrency),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,8 +26,10 @@ from certsync.reconcile import Problem, credentials
 from certsync.reconcile.conditions import parse_time, poll_delay
 from certsync.reconcile.targets import target_key
 from certsync.remote import RemoteError
+from certsync.scrub import GENERIC
 
 Done = None
+log = logging.getLogger("certsync.deletion")
 
 
 async def delete(rt: Runtime, r: Resource, deleted_at: str | None, attempt: int) -> float | None:
@@ -37,27 +40,37 @@ async def delete(rt: Runtime, r: Resource, deleted_at: str | None, attempt: int)
     if blocked is not None:
         await event(rt, r, "Warning", "DeleteSkipped", f"remote certificate left in place: {blocked.message}")
         return Done
-    remove = await _removal(rt, r)
-    if remove is None:
-        return Done
     try:
+        remove = await _removal(rt, r)
+        if remove is None:
+            return Done
         await remove()
-    except RemoteError as error:
+    except Exception as error:  # whatever fails, CERTSYNC_DELETE_TIMEOUT bounds the retries
+        retryable, message = _failure(error)
         started = parse_time(deleted_at) or rt.clock()
         elapsed = (rt.clock() - started).total_seconds()
-        if not error.retryable or elapsed >= rt.settings.delete_timeout:
-            why = "refused" if not error.retryable else f"still failing after {elapsed:.0f}s"
+        if not retryable or elapsed >= rt.settings.delete_timeout:
+            why = "refused" if not retryable else f"still failing after {elapsed:.0f}s"
             await event(rt, r, "Warning", "DeleteFailed",
-                        f"gave up removing the remote certificate ({why}): {error.message}")  # fmt: skip
+                        f"gave up removing the remote certificate ({why}): {message}")  # fmt: skip
             return Done
         delay = min(rt.settings.delete_timeout - elapsed, poll_delay(attempt) * random.uniform(0.5, 1.0))
         # No varying delay in the message: the same failure again counts on one Event (see Kube.event).
         until = pki.rfc3339(started + dt.timedelta(seconds=rt.settings.delete_timeout))
         await event(rt, r, "Warning", "DeleteRetrying",
-                    f"removing the remote certificate failed: {error.message}; retrying until {until}")  # fmt: skip
+                    f"removing the remote certificate failed: {message}; retrying until {until}")  # fmt: skip
         return max(1.0, delay)
     await event(rt, r, "Normal", "Deleted", "removed the remote certificate")
     return Done
+
+
+def _failure(error: Exception) -> tuple[bool, str]:
+    """Whether a failed removal may be tried again, and what to say. A remote's refusal is final; anything else
+    (the remote unavailable, the API server failing, an unexpected error) is retried until the timeout."""
+    if isinstance(error, RemoteError):
+        return error.retryable, error.message
+    log.warning("removing the remote certificate failed unexpectedly", exc_info=error)
+    return True, f"{type(error).__name__}: {GENERIC.short(error)}"
 
 
 async def _removal(rt: Runtime, r: Resource) -> Callable[[], Awaitable[None]] | None:
