@@ -25,7 +25,7 @@ WATCHED: set[Grant] = {
     *((f"{k}.certsync.io", "", frozenset({"list", "watch", "patch"})) for k in KINDS),
     *((f"{k}.certsync.io/status", "", frozenset({"patch"})) for k in KINDS),
     ("secrets", "", frozenset({"get", "list", "watch"})),
-    ("events", "", frozenset({"create"})),
+    ("events", "", frozenset({"create", "patch"})),
 }
 LEASE: set[Grant] = {
     ("leases.coordination.k8s.io", "", frozenset({"create"})),
@@ -66,7 +66,7 @@ def test_single_namespace_overlay_grants_exactly_what_is_used_where_it_is_used(k
     """The overlay rendered as shipped, then moved to fresh namespaces so that the cluster-wide install's
     ClusterRoleBinding (same ServiceAccount name) cannot lend it anything."""
     suffix = uuid.uuid4().hex[:6]
-    operator_ns, watched_ns = f"certsync-{suffix}", f"apps-{suffix}"
+    operator_ns, watched_ns = f"certsync-{suffix}", f"demo-{suffix}"
     rendered = kube.kubectl("kustomize", str(REPO / "deploy" / "overlays" / "single-namespace")).stdout
     documents = []
     for doc in yaml.safe_load_all(rendered):
@@ -74,7 +74,7 @@ def test_single_namespace_overlay_grants_exactly_what_is_used_where_it_is_used(k
             continue  # already installed, identical
         text = yaml.safe_dump(doc).replace("certsync-system", operator_ns)
         moved = yaml.safe_load(text)
-        if moved.get("metadata", {}).get("namespace") == "apps":
+        if moved.get("metadata", {}).get("namespace") == "demo":  # the overlay's watched namespace (examples')
             moved["metadata"]["namespace"] = watched_ns
         if moved["kind"] == "Namespace":
             moved["metadata"].pop("labels", None)

@@ -60,7 +60,7 @@ What the operator uses, and nothing more: the same rules as deploy/rbac.yaml (a 
   verbs: [get, list, watch]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, patch]
 {{- end -}}
 
 {{/*
@@ -75,4 +75,53 @@ when it is checked); reading and renewing only the operator's own Lease.
   resources: [leases]
   resourceNames: [{{ .Values.settings.leaseName | default "certsync-leader" }}]
   verbs: [get, update]
+{{- end -}}
+
+{{/*
+The container's environment as a list of EnvVar: the settings, the watched namespaces, leader election, the
+remote CA file and the proxy. Values added after the first chart version are read with `dig`, so that a release
+upgraded with values that predate them (`helm upgrade --reuse-values` keeps the old chart's defaults) renders.
+*/}}
+{{- define "certsync.env" -}}
+{{- $env := list -}}
+{{- range $key, $value := .Values.settings -}}
+{{- if not (kindIs "invalid" $value) -}}
+{{- $env = append $env (dict "name" (printf "CERTSYNC_%s" (snakecase $key | upper)) "value" (toString $value)) -}}
+{{- end -}}
+{{- end -}}
+{{- $env = append $env (dict "name" "CERTSYNC_NAMESPACES" "value" (include "certsync.watchedNamespaces" .)) -}}
+{{- $env = append $env (dict "name" "CERTSYNC_LEADER_ELECTION" "value" (toString .Values.leaderElection.enabled)) -}}
+{{- if dig "remoteCA" "name" "" .Values.AsMap -}}
+{{- $file := printf "%s/%s" (include "certsync.remoteCADir" .) (dig "remoteCA" "key" "ca.crt" .Values.AsMap) -}}
+{{- $env = append $env (dict "name" "CERTSYNC_REMOTE_CA_FILE" "value" $file) -}}
+{{- end -}}
+{{- $proxy := dig "proxy" "httpsProxy" "" .Values.AsMap -}}
+{{- $proxySecret := dig "proxy" "httpsProxySecret" "name" "" .Values.AsMap -}}
+{{- $noProxy := dig "proxy" "noProxy" (list) .Values.AsMap -}}
+{{- if and $proxy $proxySecret -}}
+{{- fail "proxy.httpsProxy and proxy.httpsProxySecret are exclusive: name the proxy in one of them" -}}
+{{- end -}}
+{{- if regexMatch "^[a-zA-Z][a-zA-Z0-9+.-]*://[^/]*@" $proxy -}}
+{{- fail "proxy.httpsProxy carries credentials, which anyone reading the Deployment would see: put the URL in a Secret and name it in proxy.httpsProxySecret" -}}
+{{- end -}}
+{{- range list "HTTPS_PROXY" "https_proxy" -}}
+{{- if $proxy -}}
+{{- $env = append $env (dict "name" . "value" $proxy) -}}
+{{- else if $proxySecret -}}
+{{- $key := required "proxy.httpsProxySecret.key names the Secret's key that holds the proxy URL" (dig "proxy" "httpsProxySecret" "key" "" $.Values.AsMap) -}}
+{{- $env = append $env (dict "name" . "valueFrom" (dict "secretKeyRef" (dict "name" $proxySecret "key" $key))) -}}
+{{- end -}}
+{{- end -}}
+{{- if or $proxy $proxySecret $noProxy -}}
+{{- /* The kubelet expands $(KUBERNETES_SERVICE_HOST), a service variable, to the API server's address. */ -}}
+{{- $hosts := concat (list "$(KUBERNETES_SERVICE_HOST)" ".svc" ".cluster.local") $noProxy | uniq | join "," -}}
+{{- $env = append $env (dict "name" "NO_PROXY" "value" $hosts) -}}
+{{- $env = append $env (dict "name" "no_proxy" "value" $hosts) -}}
+{{- end -}}
+{{- toYaml $env -}}
+{{- end -}}
+
+{{/* Where the remote CA bundle is mounted (read-only). */}}
+{{- define "certsync.remoteCADir" -}}
+/etc/certsync/remote-ca
 {{- end -}}
