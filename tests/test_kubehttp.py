@@ -10,7 +10,7 @@ from typing import Any
 
 import kubernetes
 import pytest
-from certsync.kube import EVENT_WINDOW_S, SECRET_FORBIDDEN_RETRY_S, Kube, KubeError, ObjectRef
+from certsync.kube import EVENT_WINDOW_S, MAX_SECRET_BYTES, SECRET_FORBIDDEN_RETRY_S, Kube, KubeError, ObjectRef
 from certsync.kubehttp import KubeHttp, path
 
 
@@ -19,8 +19,10 @@ class _Answer:
         self.status, self.reason, self.body = status, "Reason", body
         self.released = self.drained = False
 
-    def read(self) -> bytes:
-        return self.body
+    def read(self, amount: int | None = None) -> bytes:
+        """As urllib3's: at most `amount` bytes when given."""
+        self.read_bytes = len(self.body) if amount is None else min(amount, len(self.body))
+        return self.body[: self.read_bytes]
 
     def release_conn(self) -> None:
         self.released = True
@@ -120,6 +122,19 @@ async def test_reading_a_secret_refuses_an_answer_that_is_not_that_secret(answer
     with pytest.raises(KubeError) as raised:
         await Kube(http.client).read_secret("n", "tls")
     assert raised.value.transient and "not that Secret" in raised.value.message
+
+
+async def test_a_secret_over_the_byte_cap_is_refused_before_it_is_decoded() -> None:
+    """100 resources naming 0.7 MiB Secrets must not fill the operator's memory: such a Secret is a reason."""
+    big = {"kind": "Secret", "metadata": {"name": "tls", "namespace": "n"}, "type": "kubernetes.io/tls",
+           "data": {"tls.crt": "QUFB" * (MAX_SECRET_BYTES // 4), "tls.key": "QUFB"}}  # fmt: skip
+    answer = _Answer(200, json.dumps(big).encode())
+    http, pool, _ = client(answer)
+    with pytest.raises(KubeError) as raised:
+        await Kube(http.client).read_secret("n", "tls")
+    assert raised.value.reason == "InvalidSecret" and not raised.value.transient
+    assert "larger than 512 KiB" in raised.value.message
+    assert answer.read_bytes == MAX_SECRET_BYTES + 1 and pool.answer.released and answer.drained
 
 
 async def test_reading_a_secret_decodes_its_data() -> None:

@@ -82,6 +82,20 @@ def test_kept_bodies_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert list(s.bodies) == [("ns", "2"), ("ns", "3"), ("ns", "4")]
 
 
+def test_kept_bodies_are_bounded_in_bytes_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Count alone does not bound memory: large Secrets push the oldest out by their size."""
+    monkeypatch.setattr(secretwatch, "MAX_BODY_BYTES", 3000)
+    s = store([])
+    s._replace("ns", {("ns", str(n)): "1" for n in range(5)})
+    for n in range(5):
+        s.keep("ns", str(n), SecretView("kubernetes.io/tls", {"tls.crt": b"x" * 993}, version="1"))  # 1000 bytes
+    assert list(s.bodies) == [("ns", "2"), ("ns", "3"), ("ns", "4")] and s.body_bytes == 3000
+    s.keep("ns", "4", SecretView("kubernetes.io/tls", {"tls.crt": b"x" * 1993}, version="1"))  # replaced: 2000
+    assert list(s.bodies) == [("ns", "3"), ("ns", "4")] and s.body_bytes == 3000
+    s._changed(("ns", "4"), "2")  # a new version drops the old body, and its bytes
+    assert list(s.bodies) == [("ns", "3")] and s.body_bytes == 1000
+
+
 def test_an_expired_watch_is_told_apart_from_a_failure() -> None:
     lines = iter(['{"type": "ERROR", "object": {"code": 410, "message": "too old resource version"}}'])
     with pytest.raises(secretwatch.Expired):

@@ -23,12 +23,14 @@ from typing import Any, Protocol
 import kubernetes
 
 from certsync import pki
-from certsync.kubehttp import KubeHttp, path
+from certsync.kubehttp import AnswerTooLarge, KubeHttp, path
 from certsync.reconcile import SecretView
 from certsync.secretwatch import SecretStore
 
 GROUP, VERSION = "certsync.io", "v1alpha1"
 REQUEST_TIMEOUT = (5.0, 15.0)  # connect, read
+# A referenced Secret larger than this (its JSON as the API server sends it) is refused before it is decoded.
+MAX_SECRET_BYTES = 512 * 1024
 STATUS_ATTEMPTS = 6  # about a minute of backoff before a pass gives up on recording
 SECRET_FORBIDDEN_RETRY_S = 300.0  # RBAC is fixed outside any input the operator watches: look again this often
 EVENT_WINDOW_S = 600.0  # client-go's EventCorrelator: a repeat within 10 minutes counts on the Event posted before
@@ -120,8 +122,15 @@ class Kube:
         try:
             secret = await asyncio.to_thread(
                 self.http.json, "GET", path("api", "v1", "namespaces", namespace, "secrets", name),
-                timeout=REQUEST_TIMEOUT,
+                timeout=REQUEST_TIMEOUT, max_bytes=MAX_SECRET_BYTES,
             )  # fmt: skip
+        except AnswerTooLarge:
+            raise KubeError(
+                "InvalidSecret",
+                f"Secret {name!r} is larger than {MAX_SECRET_BYTES // 1024} KiB: a TLS or credentials Secret holds a "
+                "few KiB; move other data to a Secret of its own",
+                transient=False,
+            ) from None
         except kubernetes.client.ApiException as error:
             if error.status == 404:
                 return None

@@ -32,6 +32,10 @@ def path(*segments: str) -> str:
     return "/" + "/".join(quote(segment, safe="") for segment in segments)
 
 
+class AnswerTooLarge(ValueError):
+    """An answer past the byte cap its caller set: nothing of it was decoded."""
+
+
 class KubeHttp:
     """Requests through one `ApiClient`; an error status raises `kubernetes.client.ApiException`, as the
     generated classes do, so callers tell a 404 from a 403 the same way everywhere."""
@@ -72,11 +76,23 @@ class KubeHttp:
             raise kubernetes.client.ApiException(status=response.status, reason=response.reason)
         return response
 
-    def json(self, method: str, url_path: str, *, timeout: Timeout, **kwargs: Any) -> dict[str, Any]:
-        """A whole JSON answer: an object, or `ValueError` (an API server never answers anything else)."""
+    def json(
+        self, method: str, url_path: str, *, timeout: Timeout, max_bytes: int | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """A whole JSON answer: an object, or `ValueError` (an API server never answers anything else).
+
+        With `max_bytes`, a longer answer raises `AnswerTooLarge` after reading one byte more than that, before
+        anything is decoded (a referenced Secret may be up to 1 MiB, and is then refused, not kept)."""
         response = self.open(method, url_path, timeout=timeout, **kwargs)
         try:
-            answer = json.loads(response.read())
+            if max_bytes is None:
+                raw = response.read()
+            else:
+                raw = response.read(max_bytes + 1)
+                if len(raw) > max_bytes:
+                    response.drain_conn()
+                    raise AnswerTooLarge(f"{method} {url_path}: the answer is larger than {max_bytes} bytes")
+            answer = json.loads(raw)
         finally:
             response.release_conn()
         if not isinstance(answer, dict):

@@ -85,6 +85,20 @@ class KeyUsageInvalid(CertificateProblem):
     reason = "KeyUsageInvalid"
 
 
+class KeyTooLarge(CertificateProblem):
+    """An RSA key past MAX_RSA_BITS: no destination takes one, and checking it would hold a thread for seconds."""
+
+    reason = "KeyTypeUnsupported"
+
+
+MAX_RSA_BITS = 8192
+
+
+def refuse_huge_rsa(bits: int, where: str) -> None:
+    if bits > MAX_RSA_BITS:
+        raise KeyTooLarge(f"{where} has an RSA key of {bits} bits; at most {MAX_RSA_BITS} are accepted")
+
+
 class InvalidSecret(CertificateProblem):
     """A Secret value that is not what it must be (here: not UTF-8 text)."""
 
@@ -303,7 +317,14 @@ def parse_private_key(data: bytes, what: str = "tls.key") -> SupportedKey:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            key = serialization.load_pem_private_key(data, password=None)
+            # First without RSA's consistency check, which costs seconds to minutes for a huge key: its size is
+            # known before any of that work is done.
+            key = serialization.load_pem_private_key(data, password=None, unsafe_skip_rsa_key_validation=True)
+            if isinstance(key, rsa.RSAPrivateKey):
+                refuse_huge_rsa(key.key_size, where)
+                key = serialization.load_pem_private_key(data, password=None)
+    except KeyTooLarge:
+        raise
     except TypeError:
         raise InvalidPrivateKey(f"{where} is encrypted; certsync needs an unencrypted key") from None
     except UnsupportedAlgorithm:
@@ -429,6 +450,9 @@ def load_bundle(
 ) -> TLSBundle:
     """Parse once per distinct input: loading an RSA key checks it (tens of ms), and every pass re-validates."""
     chain = parse_certificates(cert_pem, cert_source)
+    leaf_key = chain[0].public_key()
+    if isinstance(leaf_key, rsa.RSAPublicKey):  # before the private key is loaded (its check is the slow part)
+        refuse_huge_rsa(leaf_key.key_size, f"{cert_source} certificate #1")
     key = parse_private_key(key_pem, key_source)
     return TLSBundle(
         chain=chain,

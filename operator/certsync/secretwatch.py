@@ -31,7 +31,10 @@ log = logging.getLogger("certsync.secretwatch")
 LIST_ACCEPT = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 WATCH_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 MAX_BODIES = 4096  # Secrets read by passes whose bodies are kept (each resource names 1 to 3)
-PAGE = 500  # Secrets per list page: a page of metadata is small whatever the Secrets hold
+MAX_BODY_BYTES = 32 * 1024 * 1024  # and their decoded values, all together: the count alone does not bound memory
+# Secrets per list page. Metadata is small for most Secrets, but annotations may reach 256 KiB each: a page is
+# decoded in one piece, so it stays small.
+PAGE = 100
 WATCH_SECONDS = 240  # the server ends a watch after this; we relist-free resume from the last version
 WATCH_TIMEOUT = (5.0, WATCH_SECONDS + 30.0)  # connect, read: the server ends the watch first
 LIST_TIMEOUT = (5.0, 30.0)  # one page
@@ -57,6 +60,7 @@ class SecretStore:
         self.http = KubeHttp(api_client)
         self.versions: dict[Key, str] = {}
         self.bodies: OrderedDict[Key, SecretView] = OrderedDict()
+        self.body_bytes = 0  # the decoded size of every kept body
         self.synced: set[str] = set()  # scopes whose list was applied and whose watch has not failed since
         self._stop = threading.Event()
         self._responses: set[Any] = set()
@@ -77,11 +81,16 @@ class SecretStore:
         return kept
 
     def keep(self, namespace: str, name: str, view: SecretView) -> None:
+        """Keep a body read by a pass, least recently used dropped first, within MAX_BODIES and MAX_BODY_BYTES."""
         key = (namespace, name)
+        if key in self.bodies:
+            self.body_bytes -= self.bodies[key].size
         self.bodies[key] = view
+        self.body_bytes += view.size
         self.bodies.move_to_end(key)
-        while len(self.bodies) > MAX_BODIES:
-            self.bodies.popitem(last=False)
+        while len(self.bodies) > MAX_BODIES or self.body_bytes > MAX_BODY_BYTES:
+            _, dropped = self.bodies.popitem(last=False)
+            self.body_bytes -= dropped.size
 
     # -- life --
 
@@ -212,7 +221,7 @@ class SecretStore:
             self.versions[key] = version
         kept = self.bodies.get(key)
         if kept is not None and kept.version != version:
-            del self.bodies[key]  # an old body is never served again: drop it now, not at eviction
+            self.body_bytes -= self.bodies.pop(key).size  # an old body is never served again: drop it now
         self.notify(*key)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -114,7 +115,9 @@ async def sync(rt: Runtime, r: Resource) -> float | None:
     if blocked:
         return await finish(rt, r, blocked, {}, None)
     name = str(spec["secretName"])
-    material = check_tls_secret(name, await rt.kube.read_secret(r.namespace, name), now)
+    # Off the event loop: loading a key checks it (tens of ms for RSA-2048, more for larger), and the loop must
+    # keep renewing the Lease meanwhile.
+    material = await asyncio.to_thread(check_tls_secret, name, await rt.kube.read_secret(r.namespace, name), now)
     if isinstance(material, Problem):
         return await finish(rt, r, material.state(), {}, None)
     access = await cdn_access(rt, r)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from certsync import pki
@@ -43,7 +44,9 @@ async def sync(rt: Runtime, r: Resource) -> float | None:
     if clash:
         return await finish(rt, r, clash, {}, None)
     name = str(spec["secretName"])
-    material = check_tls_secret(name, await rt.kube.read_secret(r.namespace, name), now)
+    # Off the event loop: loading a key checks it (tens of ms for RSA-2048, more for larger), and the loop must
+    # keep renewing the Lease meanwhile.
+    material = await asyncio.to_thread(check_tls_secret, name, await rt.kube.read_secret(r.namespace, name), now)
     if not isinstance(material, TLSMaterial):
         return await finish(rt, r, material.state(), {}, None)
     try:  # what EMQX itself refuses (key types, issuer's algorithm, 60 days left) costs no call

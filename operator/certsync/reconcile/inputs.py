@@ -21,6 +21,11 @@ class SecretView:
     uid: str = ""
     version: str = ""
 
+    @property
+    def size(self) -> int:
+        """Bytes its values hold (what keeping it costs)."""
+        return sum(len(key) + len(value) for key, value in self.data.items())
+
 
 @dataclass(frozen=True)
 class Problem:
