@@ -92,11 +92,26 @@ COMMANDS: dict[str, Where] = {
     "kubectl apply -k deploy/": Where(KUSTOMIZE_FLOW),
     "kubectl apply -k deploy/overlays/single-namespace": Where(KUSTOMIZE_FLOW),
     "kubectl delete -k deploy/": Where(KUSTOMIZE_FLOW),
+    "kubectl explain": Where(
+        "tests/test_e2e_status_schema.py::test_kubectl_explain_prints_each_status_fields_description",
+        (("tests/test_e2e_status_schema.py", 'kube.kubectl("explain", field'),),
+    ),
+    "kubectl get events": Where(
+        "tests/test_e2e_events.py::test_the_same_event_three_times_is_one_event_counted_three_times",
+        (("tests/test_e2e_events.py", 'cluster.kubectl("get", "events"'),),
+        fragment=True,
+    ),
+    "kubectl describe": Where(  # a mention: describe shows the Events that test reads
+        "tests/test_e2e_events.py::test_the_same_event_three_times_is_one_event_counted_three_times",
+        (("tests/test_e2e_events.py", 'cluster.kubectl("get", "events"'),),
+        fragment=True,
+    ),
 }
 
 # The YAML blocks of the README (some are fragments without a kind), by a text each contains.
 YAML_BLOCKS: dict[str, Where] = {
     "kind: Kustomization": Where(f"{HERE}::test_flux_example_waits_for_an_example_resource"),
+    "healthCheckExprs:": Where(f"{HERE}::test_flux_health_check_expressions_name_the_crds_conditions"),
 }
 
 # README text that a test replaces, by name: (the README's text, what runs instead and why). Only these are replaced,
@@ -281,6 +296,23 @@ def test_examples_agree_with_each_other() -> None:
     assert consumers == {certificate["spec"]["secretName"]}
     hours = {k: int(certificate["spec"][k].removesuffix("h")) for k in ("duration", "renewBefore")}
     assert timedelta(days=60) < timedelta(hours=hours["renewBefore"]) < timedelta(hours=hours["duration"])
+
+
+def test_flux_health_check_expressions_name_the_crds_conditions() -> None:
+    """Flux's CEL is not run here (no Flux): the fragment parses, names a kind of the CRDs with their group and
+    version, and its expressions ask for the conditions the operator writes (Ready for the current generation)."""
+    [body] = [b for language, b, _ in _blocks() if language == "yaml" and "healthCheckExprs:" in b]
+    [expression] = yaml.safe_load(body)["spec"]["healthCheckExprs"]
+    crds = [yaml.safe_load(path.read_text()) for path in sorted((REPO / "crds").glob("*.yaml"))]
+    kinds = {
+        (f"{c['spec']['group']}/{v['name']}", c["spec"]["names"]["kind"]) for c in crds for v in c["spec"]["versions"]
+    }
+    assert (expression["apiVersion"], expression["kind"]) in kinds
+    assert (
+        "c.type == 'Ready'" in expression["current"]
+        and "observedGeneration == metadata.generation" in expression["current"]
+    )
+    assert "c.type == 'Stalled'" in expression["failed"]
 
 
 def test_flux_example_waits_for_an_example_resource() -> None:
