@@ -257,6 +257,12 @@ async def test_two_resources_on_one_deployment_the_younger_stalls_without_a_call
     await world.sync("deploymenttlses", "second", spec, created=younger.created)
     assert world.ready("second") == ("False", "TargetConflict") and calls(emqx) == []
     assert "team-a/first" in world.status("second")["conditions"][0]["message"]
+    # An older claim of another namespace is not named to this one (neither its namespace nor its name).
+    world.claims[("deploymenttlses", target)] = [Claim("2025-01-01T00:00:00Z", "team-b", "squat"), younger]
+    await world.sync("deploymenttlses", "second", spec, created=younger.created)
+    message = world.status("second")["conditions"][0]["message"]
+    assert "a resource in another namespace" in message and "team-b" not in message and "squat" not in message
+    world.claims[("deploymenttlses", target)] = [older, younger]
     # deleting the younger one never touches the older one's certificate
     await world.sync("deploymenttlses", "first", spec, created=older.created)
     resource = Resource("deploymenttlses", NS, "second", "uid", 1, younger.created, {**spec, "deletionPolicy": "Delete"},
@@ -338,6 +344,22 @@ async def test_spec_seq_wins_over_the_seq_in_status(world: World, cdn: Emulator)
 
 
 # --- LetsEncryptOrder --------------------------------------------------------------------------
+
+
+async def test_an_order_whose_pass_fails_before_ordering_gives_the_account_slot_back(
+    world: World, cdn: Emulator
+) -> None:
+    """A resource with credentials that do not work must not queue the account's other orders behind it."""
+    world.kube.secrets[(NS, "junk-creds")] = SecretView("Opaque", {"token": b"junk-token"}, uid="u", version="1")
+    squat = {**cdn_spec(cdn), "resourceId": "res2", "credentialsSecretRef": {"name": "junk-creds"}}
+    victim = {**cdn_spec(cdn), "resourceId": "res1"}
+    for spec in (squat, victim):
+        spec.pop("secretName")
+    with pytest.raises(RemoteError):
+        await world.sync("letsencryptorders", "squat", squat, created="2025-01-01T00:00:00Z")
+    assert world.rt.order_slots == {}
+    await world.sync("letsencryptorders", "victim", victim)
+    assert world.ready("victim") == ("False", "Pending") and len(cdn.state.orders) == 1
 
 
 async def test_two_resource_orders_of_one_account_each_get_their_own_certificate(world: World, cdn: Emulator) -> None:

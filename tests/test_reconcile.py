@@ -218,7 +218,10 @@ def test_the_oldest_resource_owns_a_target() -> None:
     twin = targets.Claim("2026-01-01T00:00:00Z", "a", "z")
     assert targets.owner([newer, older]) == older
     assert targets.owner([older, twin]) == twin  # same time: namespace/name decides
-    assert "b/x" in targets.conflict_message("deployment 'd'", older)
+    assert "b/x" in targets.conflict_message("deployment 'd'", older, "b")
+    # Told to another tenant, the holder is not named: neither its namespace nor its name.
+    elsewhere = targets.conflict_message("deployment 'd'", older, "a")
+    assert "a resource in another namespace" in elsewhere and "b/x" not in elsewhere and "x " not in elsewhere
 
 
 def test_conditions_follow_kstatus_and_keep_transition_times() -> None:

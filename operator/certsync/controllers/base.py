@@ -275,4 +275,4 @@ def conflict(rt: Runtime, r: Resource, target: str, what: str) -> State | None:
     holder = owner([*rt.owners(r.plural, target), r.claim])
     if holder is None or (holder.namespace, holder.name) == (r.namespace, r.name):
         return None
-    return State("stalled", "TargetConflict", conflict_message(what, holder))
+    return State("stalled", "TargetConflict", conflict_message(what, holder, r.namespace))

@@ -89,25 +89,40 @@ async def _order(
         if holder is not None and (holder.namespace, holder.name) != (r.namespace, r.name):
             others.append(holder)
         if others:
-            busy = min(others)
+            busy = min(others).described_to(r.namespace)
             state = State("reconciling", "Queued", f"waiting for the running order of {busy} in the same account")
             return await finish(rt, r, state, {}, 10.0)
         rt.order_slots[account] = Claim(r.created, r.namespace, r.name)
-    forget_listing(rt, access)
-    before = sorted(c.seq for c in await rt.cdn.list_certificates(access))
-    now = rt.clock()
-    intent = new_intent("order", target, "", now, before=before)
+    sent = False
 
-    def outcome(_: object) -> dict[str, Any]:
-        return {"orderedAt": pki.rfc3339(now), "taskStatus": "accepted", "listBefore": before, "target": target,
-                "certificateSeq": None, "notAfter": None, "pollAttempt": 0}  # fmt: skip
+    async def place() -> None:
+        nonlocal sent
+        sent = True
+        if resource_id:
+            await rt.cdn.order_letsencrypt(access, resource_id)
+        else:
+            await rt.cdn.order_wildcard(access, domains)
 
-    call = (lambda: rt.cdn.order_letsencrypt(access, resource_id)) if resource_id else (
-        lambda: rt.cdn.order_wildcard(access, domains))  # fmt: skip
     try:
-        await guarded_write(rt, r, intent, call, outcome)
-    except TaskExists:  # 489: an order is already running for these names: it is ours
-        await record(rt, r, outcome(None))
+        forget_listing(rt, access)
+        before = sorted(c.seq for c in await rt.cdn.list_certificates(access))
+        now = rt.clock()
+        intent = new_intent("order", target, "", now, before=before)
+
+        def outcome(_: object) -> dict[str, Any]:
+            return {"orderedAt": pki.rfc3339(now), "taskStatus": "accepted", "listBefore": before, "target": target,
+                    "certificateSeq": None, "notAfter": None, "pollAttempt": 0}  # fmt: skip
+
+        try:
+            await guarded_write(rt, r, intent, place, outcome)
+        except TaskExists:  # 489: an order is already running for these names: it is ours
+            await record(rt, r, outcome(None))
+    except BaseException:
+        # Nothing was ordered (the list failed, the intent could not be recorded, the credentials were refused):
+        # the account's slot goes back at once, or one failing resource would queue every other order behind it.
+        if not sent and resource_id and rt.order_slots.get(account) == r.claim:
+            rt.order_slots.pop(account, None)
+        raise
     await event(rt, r, "Normal", "Ordered", "ordered a Let's Encrypt certificate")
     state = State("reconciling", "Pending", "order placed; waiting for issuance")
     return await finish(rt, r, state, {}, POLL_FIRST_S)

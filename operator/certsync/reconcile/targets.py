@@ -15,14 +15,19 @@ class Claim:
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    def described_to(self, namespace: str) -> str:
+        """How a message shown to a resource of `namespace` names this claim: never another tenant's names."""
+        return str(self) if namespace == self.namespace else "a resource in another namespace"
+
 
 def owner(claims: Iterable[Claim]) -> Claim | None:
     return min(claims, default=None)
 
 
-def conflict_message(what: str, holder: Claim) -> str:
+def conflict_message(what: str, holder: Claim, namespace: str) -> str:
+    """Told to a resource of `namespace`: the holder is named only when it is in that namespace."""
     return (
-        f"{what} is already managed by {holder} (the older resource owns it); "
+        f"{what} is already managed by {holder.described_to(namespace)} (the older resource owns it); "
         "this resource makes no remote call until that one is deleted or names another target"
     )
 
