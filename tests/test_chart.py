@@ -32,7 +32,10 @@ HELM_LABELS = (
 )
 # The chart's values that reproduce deploy/: the release `certsync` in certsync-system, and the pod annotations
 # that let an annotation-driven Prometheus find deploy/'s pods (the chart has a ServiceMonitor and a PodMonitor).
-DEPLOY_VALUES = {"podAnnotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "8080"}}
+DEPLOY_VALUES = {
+    "podAnnotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "8080"},
+    "networkPolicy": {"enabled": True},
+}
 # Operator settings that are no `settings` key: first-class chart values, or test hooks never set in a cluster.
 FIRST_CLASS = {"CERTSYNC_NAMESPACES": "namespaces", "CERTSYNC_LEADER_ELECTION": "leaderElection",
                "CERTSYNC_REMOTE_CA_FILE": "remoteCA"}  # fmt: skip
@@ -517,7 +520,7 @@ def normalised(obj: dict[str, Any]) -> dict[str, Any]:
 
 def compared(objects: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
     kinds = {"Deployment", "ServiceAccount", "PodDisruptionBudget", "ClusterRole", "ClusterRoleBinding", "Role",
-             "RoleBinding"}  # fmt: skip
+             "RoleBinding", "NetworkPolicy"}  # fmt: skip
     return {
         (o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]): normalised(o)
         for o in objects
@@ -538,7 +541,7 @@ def test_deploy_is_the_chart_rendered_with_deploys_values(kubectl: Path, tmp_pat
     deploy = kustomize(kubectl, REPO / "deploy")
     chart = chart_as_deploy(tmp_path)
     assert compared(deploy) == compared(chart)
-    assert len(compared(deploy)) == 7
+    assert len(compared(deploy)) == 8
     assert {o["kind"] for o in deploy} - {o["kind"] for o in chart} == {"Namespace"}
     assert {o["kind"] for o in chart} - {o["kind"] for o in deploy} == {"Service", "CustomResourceDefinition"}
 
@@ -571,3 +574,22 @@ def test_the_overlay_patches_the_namespaces_variable_by_name(kubectl: Path, tmp_
     before = {e["name"]: e["value"] for e in container["env"]}
     after = env_of(kustomize(kubectl, deploy / "overlays" / "single-namespace"))
     assert after == {**before, "CERTSYNC_NAMESPACES": "demo"}
+
+
+def test_network_policy_admits_metrics_from_its_peers_and_egress_only_by_port() -> None:
+    assert find(render(), "NetworkPolicy") == []  # off by default in the chart (deploy/ ships it on)
+    [policy] = find(render("--set", "networkPolicy.enabled=true"), "NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["ingress"] == [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+                                "ports": [{"protocol": "TCP", "port": 8080}]}]  # fmt: skip
+    dns, https = spec["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53} and "to" not in dns
+    assert [p["port"] for p in https["ports"]] == [443, 6443]
+    narrowed = find(render("--set", "networkPolicy.enabled=true", "--set", "networkPolicy.egress.cidrs={198.51.100.0/24}",
+                           "--set", "networkPolicy.metricsFrom=null", "--set", "settings.metricsPort=9090"),
+                    "NetworkPolicy")[0]["spec"]  # fmt: skip
+    assert narrowed["egress"][1]["to"] == [{"ipBlock": {"cidr": "198.51.100.0/24"}}]
+    assert not narrowed["ingress"]  # no peer named: nobody reaches the metrics port
+    refused = helm("template", "x", str(CHART), "--set", "networkPolicy.egress.cidrs={example.com}", check=False)
+    assert refused.returncode != 0 and "cidrs" in refused.stderr
