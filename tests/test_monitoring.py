@@ -313,3 +313,28 @@ async def test_a_controller_pass_exports_the_last_sync_of_status_and_the_suspens
     series = scrape(world.rt.metrics)
     assert series["certsync_resource_suspended"][ref] == 1.0
     assert series["certsync_last_sync_timestamp_seconds"][ref] == recorded.timestamp()
+
+
+def test_without_resource_labels_no_tenant_name_reaches_a_label() -> None:
+    """CERTSYNC_METRICS_RESOURCE_LABELS=false: namespaces, names, deployment IDs and accounts stay out of every
+    label; each resource keeps a series of its own (opaque, stable), and a deletion still clears it."""
+    from certsync.budget import EMQX_WRITE, RateBudget, Scope
+
+    metrics = Metrics(resource_labels=False)
+    budget = RateBudget()
+    budget.acquire(Scope("emqx", "https://emqx.tenant-a.example/api", "dep-secret-id", "write"), EMQX_WRITE)
+    metrics.refresh_budgets(budget)
+    metrics.pass_ended("DeploymentTLS", "tenant-a", "mqtt", "ready", expiry=dt.datetime(2027, 1, 1, tzinfo=dt.UTC))
+    metrics.pass_ended("DeploymentTLS", "tenant-b", "mqtt", "stalled")
+    text = generate_latest(metrics.registry).decode()
+    for sensitive in ("tenant-a", "tenant-b", "mqtt", "dep-secret-id", "emqx.tenant-a.example"):
+        assert sensitive not in text
+    stalled = scrape(metrics)["certsync_resource_stalled"]
+    assert sorted(stalled.values()) == [0.0, 1.0]  # two resources, two series: the alerts still fire per resource
+    assert all(dict(labels)["namespace"] == "" for labels in stalled)
+    assert Metrics(resource_labels=False).who("tenant-a", "mqtt") == metrics.who("tenant-a", "mqtt")  # stable
+    metrics.forget("DeploymentTLS", "tenant-b", "mqtt")
+    assert list(scrape(metrics)["certsync_resource_stalled"].values()) == [0.0]
+    shown = Metrics()
+    shown.pass_ended("DeploymentTLS", "tenant-a", "mqtt", "ready")
+    assert "tenant-a" in generate_latest(shown.registry).decode()  # the default names them

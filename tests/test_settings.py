@@ -307,3 +307,10 @@ def test_remote_bounds_take_sizes_and_durations_within_limits() -> None:
     ]:
         with pytest.raises(settings.SettingsError):
             settings.load([flag, value], {})
+
+
+def test_metrics_resource_labels_is_a_boolean_setting() -> None:
+    assert settings.load([], {}).metrics_resource_labels is True
+    assert settings.load([], {"CERTSYNC_METRICS_RESOURCE_LABELS": "false"}).metrics_resource_labels is False
+    with pytest.raises(settings.SettingsError, match="true or false"):
+        settings.load([], {"CERTSYNC_METRICS_RESOURCE_LABELS": "maybe"})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -47,7 +48,11 @@ CONDITIONS = ("True", "False", "Unknown")
 class Metrics:
     """One registry per operator process (tests may build several)."""
 
-    def __init__(self) -> None:
+    def __init__(self, resource_labels: bool = True) -> None:
+        # False (CERTSYNC_METRICS_RESOURCE_LABELS=false): no namespace, resource name, deployment ID or account in
+        # any label, for clusters where those names are sensitive; each resource keeps a series of its own under an
+        # opaque id (`who`), so the alerts still count and fire per resource.
+        self.resource_labels = resource_labels
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "certsync_remote_requests", "Requests sent to a remote API", ["api", "call", "code"], registry=self.registry
@@ -110,6 +115,12 @@ class Metrics:
         self.requests.labels(api, call, code).inc()
         self.latency.labels(api, call).observe(seconds)
 
+    def who(self, namespace: str, name: str) -> tuple[str, str]:
+        """The (namespace, name) labels of a resource: its own, or "" and an opaque stable id."""
+        if self.resource_labels:
+            return namespace, name
+        return "", "r-" + hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:16]
+
     def pass_ended(
         self, kind: str, namespace: str, name: str, state: str, *,
         expiry: dt.datetime | None = None, synced_at: dt.datetime | None = None,
@@ -118,6 +129,7 @@ class Metrics:
         stalled, suspended). Stalled and suspended are series of their own because both are Ready=False: the
         alerts tell "needs a person" and "switched off on purpose" from "not there yet" with them.
         `synced_at` is kept only for a pass that ended in sync: a later failure leaves the last success shown."""
+        namespace, name = self.who(namespace, name)
         condition = "True" if state == "ready" else "False"
         for value in CONDITIONS:
             self.ready.labels(kind, namespace, name, value).set(1.0 if value == condition else 0.0)
@@ -130,6 +142,7 @@ class Metrics:
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         """A deleted resource leaves no stale series behind."""
+        namespace, name = self.who(namespace, name)
         for value in CONDITIONS:
             with contextlib.suppress(KeyError):
                 self.ready.remove(kind, namespace, name, value)
@@ -140,6 +153,8 @@ class Metrics:
     def refresh_budgets(self, budget: RateBudget) -> None:
         for scope, window in budget.scopes():
             label = f"{scope.endpoint.rstrip('/')}/{scope.key}"
+            if not self.resource_labels:  # the endpoint, deployment ID or account name is a tenant's
+                label = "s-" + hashlib.sha256(label.encode()).hexdigest()[:16]
             self.budget_remaining.labels(scope.api, label, scope.method_class).set(budget.remaining(scope, window))
 
     def app(self, budget: RateBudget | None = None) -> web.Application:

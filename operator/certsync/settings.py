@@ -214,6 +214,8 @@ class Settings:
     # Bounds on every remote call (remote.py): bytes read of an answer, and seconds from connect to last byte.
     remote_max_answer_bytes: int = 4 * 1024 * 1024
     remote_call_deadline: float = 30.0
+    # False: no namespace, resource name, deployment ID or account in metric labels (opaque ids instead).
+    metrics_resource_labels: bool = True
     _allowed_prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
@@ -264,6 +266,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--remote-call-deadline", help="one remote call, connect to last byte, at most (CERTSYNC_REMOTE_CALL_DEADLINE)"
+    )
+    p.add_argument(
+        "--metrics-resource-labels",
+        choices=["true", "false"],
+        help="namespaces and names in metric labels; false: opaque ids (CERTSYNC_METRICS_RESOURCE_LABELS)",
     )
     p.add_argument("--drift-interval", help="default drift-check interval (CERTSYNC_DRIFT_INTERVAL)")
     p.add_argument("--cdn-budget-per-minute", help="CDN calls per minute per account (CERTSYNC_CDN_BUDGET_PER_MINUTE)")
@@ -324,6 +331,9 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     call_deadline = parse_duration(pick(args.remote_call_deadline, "CERTSYNC_REMOTE_CALL_DEADLINE") or "30s")
     if not 5 <= call_deadline <= 300:
         raise SettingsError(f"CERTSYNC_REMOTE_CALL_DEADLINE must be from 5s to 5m, not {call_deadline:g}s")
+    resource_labels = (pick(args.metrics_resource_labels, "CERTSYNC_METRICS_RESOURCE_LABELS") or "true").lower()
+    if resource_labels not in ("true", "false"):
+        raise SettingsError(f"CERTSYNC_METRICS_RESOURCE_LABELS must be true or false, not {resource_labels!r}")
     drift = pick(args.drift_interval, "CERTSYNC_DRIFT_INTERVAL") or "6h"
     if parse_duration(drift) < MIN_DRIFT_INTERVAL_S:
         raise SettingsError(f"CERTSYNC_DRIFT_INTERVAL must be at least 1m (each check is a remote read), not {drift!r}")
@@ -373,6 +383,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         remote_ca_file=ca_file,
         remote_max_answer_bytes=max_answer,
         remote_call_deadline=call_deadline,
+        metrics_resource_labels=resource_labels == "true",
         drift_interval=parse_duration(drift),
         cdn_budget_per_minute=int(budget),
         remote_concurrency=int(concurrency),
