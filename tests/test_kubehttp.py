@@ -145,6 +145,30 @@ async def test_reading_a_secret_decodes_its_data() -> None:
     assert view is not None and view.data == {"tls.crt": b"cert"} and (view.uid, view.version) == ("u1", "7")
 
 
+@pytest.mark.parametrize(
+    ("labels", "allowed"),
+    [({"certsync.io/allow": "true"}, True), ({}, False), ({"certsync.io/allow": "false"}, False), (None, False)],
+)
+async def test_with_a_required_label_only_labelled_secrets_are_used(
+    labels: dict[str, str] | None, allowed: bool
+) -> None:
+    """CERTSYNC_SECRET_LABEL: who may create the kinds but not read a Secret cannot have its key pushed anywhere."""
+    meta: dict[str, Any] = {"name": "tls", "namespace": "n", "uid": "u1", "resourceVersion": "7"}
+    if labels is not None:
+        meta["labels"] = labels
+    secret = {"kind": "Secret", "type": "kubernetes.io/tls", "data": {"tls.crt": "Y2VydA=="}, "metadata": meta}
+    http, _, _ = client(_Answer(200, json.dumps(secret).encode()))
+    kube = Kube(http.client, required_label=("certsync.io/allow", "true"))
+    if allowed:
+        view = await kube.read_secret("n", "tls")
+        assert view is not None and view.data == {"tls.crt": b"cert"}
+        return
+    with pytest.raises(KubeError) as refused:
+        await kube.read_secret("n", "tls")
+    assert refused.value.reason == "SecretNotAllowed" and not refused.value.transient
+    assert "certsync.io/allow=true" in refused.value.message
+
+
 def test_a_streamed_answer_is_left_open_for_its_reader() -> None:
     http, pool, _ = client(_Answer(200))
     response = http.open("GET", path("api", "v1", "secrets"), query={"watch": True}, timeout=(1.0, 2.0))

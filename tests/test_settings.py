@@ -314,3 +314,12 @@ def test_metrics_resource_labels_is_a_boolean_setting() -> None:
     assert settings.load([], {"CERTSYNC_METRICS_RESOURCE_LABELS": "false"}).metrics_resource_labels is False
     with pytest.raises(settings.SettingsError, match="true or false"):
         settings.load([], {"CERTSYNC_METRICS_RESOURCE_LABELS": "maybe"})
+
+
+def test_secret_label_is_a_kubernetes_label() -> None:
+    assert settings.load([], {}).secret_label is None
+    loaded = settings.load(["--secret-label", "certsync.io/allow=true"], {})
+    assert loaded.secret_label == ("certsync.io/allow", "true")
+    for bad in ("certsync.io/allow", "=true", "a b=c", "certsync.io/allow=not valid"):
+        with pytest.raises(settings.SettingsError, match="CERTSYNC_SECRET_LABEL"):
+            settings.load(["--secret-label", bad], {})

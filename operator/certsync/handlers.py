@@ -122,7 +122,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             **bounds,
         ),
         cdn=CdnClient(budget=budget, per_minute=config.cdn_budget_per_minute, **bounds),
-        kube=Kube(secrets=secrets),
+        kube=Kube(secrets=secrets, required_label=config.secret_label),
         metrics=metrics,
         workers=asyncio.Semaphore(config.workers),
     )

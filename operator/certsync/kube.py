@@ -99,7 +99,11 @@ class Kube:
         secrets: SecretStore | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         event_cache: int = EVENT_CACHE,
+        required_label: tuple[str, str] | None = None,
     ) -> None:
+        # CERTSYNC_SECRET_LABEL: only Secrets carrying this label are used, so that whoever may create the kinds
+        # but not read a Secret cannot have its key pushed to an account of their own.
+        self.required_label = required_label
         self.http = KubeHttp(api_client)
         self.custom: Any = kubernetes.client.CustomObjectsApi(self.http.client)
         self.secrets = secrets
@@ -159,6 +163,16 @@ class Kube:
                 data[key] = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
                 raise KubeError("InvalidSecret", f"Secret {name!r}: {key!r} is not base64", transient=False) from None
+        if self.required_label is not None:
+            label, value = self.required_label
+            if (meta.get("labels") or {}).get(label) != value:
+                raise KubeError(
+                    "SecretNotAllowed",
+                    f"Secret {name!r} lacks the label {label}={value} that this operator requires of every Secret it "
+                    "uses (CERTSYNC_SECRET_LABEL): add it to the Secret (cert-manager: the Certificate's "
+                    "secretTemplate.labels)",
+                    transient=False,
+                )
         uid, version = str(meta.get("uid") or ""), str(meta.get("resourceVersion") or "")
         return SecretView(str(secret.get("type") or ""), data, uid=uid, version=version)
 

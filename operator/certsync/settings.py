@@ -180,6 +180,21 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * {None: 1, "Ki": 1024, "Mi": 1024 * 1024}[match.group(2)]
 
 
+_LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+
+
+def parse_label(text: str) -> tuple[str, str] | None:
+    """`key=value` as a Kubernetes label; empty: None."""
+    text = text.strip()
+    if not text:
+        return None
+    key, sep, value = text.partition("=")
+    if not sep or not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
+        raise SettingsError(f"CERTSYNC_SECRET_LABEL must be a label KEY=VALUE (certsync.io/allow=true), not {text!r}")
+    return key, value
+
+
 @dataclass(frozen=True)
 class Settings:
     allowed_endpoints: tuple[str, ...] = DEFAULT_ALLOWED
@@ -216,6 +231,8 @@ class Settings:
     remote_call_deadline: float = 30.0
     # False: no namespace, resource name, deployment ID or account in metric labels (opaque ids instead).
     metrics_resource_labels: bool = True
+    # Only Secrets with this label (key, value) are used; None: any Secret of the resource's namespace.
+    secret_label: tuple[str, str] | None = None
     _allowed_prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
@@ -271,6 +288,9 @@ def parser() -> argparse.ArgumentParser:
         "--metrics-resource-labels",
         choices=["true", "false"],
         help="namespaces and names in metric labels; false: opaque ids (CERTSYNC_METRICS_RESOURCE_LABELS)",
+    )
+    p.add_argument(
+        "--secret-label", help="only Secrets with this label KEY=VALUE are used; empty: any (CERTSYNC_SECRET_LABEL)"
     )
     p.add_argument("--drift-interval", help="default drift-check interval (CERTSYNC_DRIFT_INTERVAL)")
     p.add_argument("--cdn-budget-per-minute", help="CDN calls per minute per account (CERTSYNC_CDN_BUDGET_PER_MINUTE)")
@@ -334,6 +354,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     resource_labels = (pick(args.metrics_resource_labels, "CERTSYNC_METRICS_RESOURCE_LABELS") or "true").lower()
     if resource_labels not in ("true", "false"):
         raise SettingsError(f"CERTSYNC_METRICS_RESOURCE_LABELS must be true or false, not {resource_labels!r}")
+    secret_label = parse_label(pick(args.secret_label, "CERTSYNC_SECRET_LABEL") or "")
     drift = pick(args.drift_interval, "CERTSYNC_DRIFT_INTERVAL") or "6h"
     if parse_duration(drift) < MIN_DRIFT_INTERVAL_S:
         raise SettingsError(f"CERTSYNC_DRIFT_INTERVAL must be at least 1m (each check is a remote read), not {drift!r}")
@@ -384,6 +405,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         remote_max_answer_bytes=max_answer,
         remote_call_deadline=call_deadline,
         metrics_resource_labels=resource_labels == "true",
+        secret_label=secret_label,
         drift_interval=parse_duration(drift),
         cdn_budget_per_minute=int(budget),
         remote_concurrency=int(concurrency),

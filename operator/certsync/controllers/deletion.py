@@ -22,6 +22,7 @@ from certsync.cdn import CdnAccess, RecordNotFound
 from certsync.controllers import cdncertificate, deploymenttls, letsencryptorder
 from certsync.controllers.base import Resource, Runtime, conflict, event, precheck
 from certsync.emqx import EmqxAccess, TLSNotConfigured
+from certsync.kube import KubeError
 from certsync.reconcile import Problem, credentials
 from certsync.reconcile.conditions import parse_time, poll_delay
 from certsync.reconcile.targets import target_key
@@ -69,6 +70,8 @@ def _failure(error: Exception) -> tuple[bool, str]:
     (the remote unavailable, the API server failing, an unexpected error) is retried until the timeout."""
     if isinstance(error, RemoteError):
         return error.retryable, error.message
+    if isinstance(error, KubeError):  # an API server failing is retried; a Secret refused (RBAC, label) is not
+        return error.transient, error.message
     log.warning("removing the remote certificate failed unexpectedly", exc_info=error)
     return True, f"{type(error).__name__}: {GENERIC.short(error)}"
 
