@@ -14,16 +14,21 @@ import yaml
 from devkit.factory import issue, three_level
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "certsync", "check", *args], capture_output=True, text=True, timeout=60
+def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "certsync", "check", *args], capture_output=True, input=stdin, timeout=60
     )
+    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(), result.stderr.decode())
+
+
+def secret_yaml(cert: bytes, key: bytes, kind: str = "kubernetes.io/tls") -> str:
+    doc = {"apiVersion": "v1", "kind": "Secret", "type": kind, "metadata": {"name": "web-tls"},
+           "data": {"tls.crt": base64.b64encode(cert).decode(), "tls.key": base64.b64encode(key).decode()}}  # fmt: skip
+    return yaml.safe_dump(doc)
 
 
 def manifest(path: Path, cert: bytes, key: bytes, kind: str = "kubernetes.io/tls") -> Path:
-    doc = {"apiVersion": "v1", "kind": "Secret", "type": kind, "metadata": {"name": "web-tls"},
-           "data": {"tls.crt": base64.b64encode(cert).decode(), "tls.key": base64.b64encode(key).decode()}}  # fmt: skip
-    path.write_text(yaml.safe_dump(doc))
+    path.write_text(secret_yaml(cert, key, kind))
     return path
 
 
@@ -129,3 +134,62 @@ def test_for_takes_only_known_destinations(tmp_path: Path) -> None:
     path = manifest(tmp_path / "s.yaml", chain.pem, chain.leaf.key_pem())
     assert run(str(path), "--for", "emqx").returncode == 0
     assert run(str(path), "--for", "nowhere").returncode == 2
+
+
+def test_standard_input_takes_a_pem_bundle_in_either_order() -> None:
+    chain = three_level("web.example.com")
+    key = chain.leaf.key_pem()
+    for bundle in (chain.pem + key, key + chain.pem, chain.pem + chain.leaf.key_pem("traditional")):
+        result = run("-", stdin=bundle)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout == f"<stdin>: Valid: CN 'web.example.com', {result.stdout.split(', ', 1)[1]}"
+    emqx = run("-", "--for", "emqx", stdin=chain.pem + key)
+    assert emqx.returncode == 0 and "<stdin>: Valid:" in emqx.stdout, emqx.stdout + emqx.stderr
+
+
+def test_standard_input_takes_a_secret_manifest_also_with_string_data() -> None:
+    chain = three_level("web.example.com")
+    result = run("-", stdin=secret_yaml(chain.pem, chain.leaf.key_pem()).encode())
+    assert result.returncode == 0 and result.stdout.startswith("web-tls: Valid: CN 'web.example.com'"), result.stderr
+    doc = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": {"name": "plain"},
+           "stringData": {"tls.crt": chain.pem.decode(), "tls.key": chain.leaf.key_pem().decode()}}  # fmt: skip
+    result = run("-", stdin=yaml.safe_dump(doc).encode())  # indented PEM inside YAML: still the manifest
+    assert result.returncode == 0 and result.stdout.startswith("plain: Valid:"), result.stdout + result.stderr
+    refused = run("-", stdin=secret_yaml(chain.pem, issue("other").key_pem()).encode())
+    assert refused.returncode == 1 and refused.stdout.startswith("web-tls: KeyMismatch: ")
+
+
+def test_a_bad_pem_bundle_on_standard_input_is_named_by_its_lines() -> None:
+    chain = three_level("web.example.com")
+    key = chain.leaf.key_pem()
+    # Intermediate first: the messages name the stream and the key, with the certificates' lines in the stream.
+    misordered = chain.intermediate.cert_pem + key + chain.leaf.cert_pem
+    result = run("-", stdin=misordered)
+    assert result.returncode == 1
+    assert result.stdout.startswith("<stdin>: ChainInvalid: <stdin> is out of order"), result.stdout
+    assert "the key in <stdin> belongs to certificate #2 (CN 'web.example.com')" in result.stdout
+    assert key.decode().splitlines()[1] not in result.stdout + result.stderr
+    inter_lines = chain.intermediate.cert_pem.count(b"\n")
+    leaf_first = inter_lines + key.count(b"\n") + 1
+    broken = (
+        chain.intermediate.cert_pem + key + b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n"
+    )
+    result = run("-", stdin=broken)
+    assert result.returncode == 1 and result.stdout.startswith("<stdin>: InvalidCertificate: "), result.stdout
+    assert f"line {leaf_first + 1}" in result.stdout, result.stdout  # the stream's own line of the bad text
+    result = run("-", stdin=chain.pem)
+    assert result.returncode == 1 and "InvalidPrivateKey: <stdin> holds 0 PEM private keys" in result.stdout
+    result = run("-", stdin=chain.pem + key + issue("other").key_pem())
+    assert result.returncode == 1 and "InvalidPrivateKey: <stdin> holds 2 PEM private keys" in result.stdout
+    result = run("-", stdin=chain.pem + b"\xff" + key)
+    line = chain.pem.count(b"\n") + 1
+    assert result.returncode == 1
+    assert f"InvalidSecret: <stdin> is not UTF-8 text: byte 0xFF at line {line}, column 1" in result.stdout
+
+
+def test_standard_input_with_neither_a_secret_nor_pem_exits_2() -> None:
+    for junk in (b"", b"hello: world\n", b"{not yaml", b"\xff\xfe"):
+        result = run("-", stdin=junk)
+        assert result.returncode == 2, (junk, result.stdout, result.stderr)
+        assert result.stdout == ""
+    assert run("-", "--cert", "x.crt", "--key", "x.key").returncode == 2  # one input only

@@ -92,6 +92,23 @@ COMMANDS: dict[str, Where] = {
     "kubectl apply -k deploy/": Where(KUSTOMIZE_FLOW),
     "kubectl apply -k deploy/overlays/single-namespace": Where(KUSTOMIZE_FLOW),
     "kubectl delete -k deploy/": Where(KUSTOMIZE_FLOW),
+    "certsync version": Where(
+        "tests/test_cli_version.py::test_version_prints_the_version_commit_python_and_kopf",
+        (("tests/test_cli_version.py", 'certsync("version"'),),
+    ),
+    "certsync --version": Where(
+        "tests/test_cli_version.py::test_dash_dash_version_is_one_line_with_the_same_facts",
+        (("tests/test_cli_version.py", 'certsync("--version"'),),
+    ),
+    "hack/image run -- version": Where(
+        "tests/test_release.py::test_the_image_reports_the_commit_it_was_built_from",
+        (("tests/test_release.py", '"run", "--", "version"'),),
+    ),
+    "helm package": Where(  # a mention: hack/release runs it
+        "tests/test_release.py::test_the_packaged_chart_carries_the_version",
+        (("hack/release", 'helm package "$chart"'),),
+        fragment=True,
+    ),
     "kubectl explain": Where(
         "tests/test_e2e_status_schema.py::test_kubectl_explain_prints_each_status_fields_description",
         (("tests/test_e2e_status_schema.py", 'kube.kubectl("explain", field'),),

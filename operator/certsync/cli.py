@@ -1,4 +1,4 @@
-"""Command line: `certsync run` (the operator, also `python -m certsync`), `certsync check`."""
+"""Command line: `certsync run` (the operator, also `python -m certsync`), `certsync check`, `certsync version`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import base64
 import datetime as dt
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -20,6 +21,7 @@ from aiohttp import web
 from certsync import logs, pki, remote
 from certsync import reconcile as rc
 from certsync import settings as settings_module
+from certsync import version as version_module
 from certsync.budget import RateBudget
 from certsync.metrics import Metrics
 
@@ -39,8 +41,15 @@ def run_operator(argv: Sequence[str]) -> int:
 
     from certsync import handlers  # noqa: F401  (registers the handlers)
 
-    logs.configure(config.log_format)
-    return asyncio.run(_operate(config, kopf.Memo(settings=config, budget=RateBudget(), metrics=Metrics())))
+    logs.configure(config.log_format, config.log_level)
+    return asyncio.run(
+        _operate(
+            config,
+            kopf.Memo(
+                settings=config, budget=RateBudget(), metrics=Metrics(resource_labels=config.metrics_resource_labels)
+            ),
+        )
+    )
 
 
 async def _operate(config: settings_module.Settings, memo: Any) -> int:
@@ -164,10 +173,24 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
+STDIN = "-"
+STDIN_NAME = "<stdin>"
+# A manifest on standard input may hold several Secrets (Kubernetes caps each at 1 MiB); more is not a manifest.
+MAX_STDIN_BYTES = 8 * 1024 * 1024
+# A PEM bundle has its markers at the start of a line; in a Secret's YAML they are indented (block scalars).
+_PEM_LINE = re.compile(rb"^-----BEGIN [A-Z0-9 ]+-----", re.MULTILINE)
+_KEY_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]*PRIVATE KEY)-----.*?-----END \1-----", re.DOTALL)
+
+
 def check(argv: Sequence[str]) -> int:
     """Validate a tls Secret offline with the operator's own checks; exit 1 with its reason on failure."""
     parser = argparse.ArgumentParser(prog="certsync check", description=check.__doc__)
-    parser.add_argument("manifest", nargs="?", type=Path, help="a YAML file with one or more kubernetes.io/tls Secrets")
+    parser.add_argument(
+        "manifest",
+        nargs="?",
+        help="a YAML file with one or more kubernetes.io/tls Secrets; - reads standard input: such a manifest, "
+        "or a PEM bundle (the chain, leaf first, and its private key)",
+    )
     parser.add_argument("--cert", type=Path, help="PEM chain (tls.crt), with --key")
     parser.add_argument("--key", type=Path, help="PEM private key (tls.key), with --cert")
     parser.add_argument(
@@ -178,20 +201,29 @@ def check(argv: Sequence[str]) -> int:
     )
     args = parser.parse_args(argv)
     if bool(args.manifest) == bool(args.cert or args.key) or bool(args.cert) != bool(args.key):
-        parser.error("give either a manifest, or both --cert and --key")
+        parser.error("give either a manifest (or -), or both --cert and --key")
     now = dt.datetime.now(dt.UTC)
     if args.cert:
         return _check_files(args.cert, args.key, now, args.destination)
-    secrets: list[tuple[str, rc.SecretView]] = []
+    from_stdin = args.manifest == STDIN
     try:
-        for doc in yaml.safe_load_all(args.manifest.read_text()):
-            if isinstance(doc, dict) and doc.get("kind") == "Secret":
-                secrets.append((str(doc.get("metadata", {}).get("name", "?")), _secret_view(doc)))
+        data = _read_stdin() if from_stdin else Path(args.manifest).read_bytes()
+        if from_stdin and _PEM_LINE.search(data):
+            return _check_pem_stream(data, now, args.destination)
+        docs = [doc for doc in yaml.safe_load_all(data.decode("utf-8")) if isinstance(doc, dict)]
+        secrets = [
+            (str((d.get("metadata") or {}).get("name", "?")), _secret_view(d))
+            for d in docs
+            if d.get("kind") == "Secret"
+        ]
     except (OSError, yaml.YAMLError, ValueError) as error:
         print(f"certsync check: cannot read input: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
     if not secrets:
-        print("certsync check: no Secret found in the manifest", file=sys.stderr)
+        where = (
+            "standard input holds neither a Secret nor a PEM block" if from_stdin else "the manifest holds no Secret"
+        )
+        print(f"certsync check: {where}", file=sys.stderr)
         return 2
     failed = 0
     for name, secret in secrets:
@@ -204,6 +236,42 @@ def check(argv: Sequence[str]) -> int:
     return 1 if failed else 0
 
 
+def _read_stdin() -> bytes:
+    data = sys.stdin.buffer.read(MAX_STDIN_BYTES + 1)
+    if len(data) > MAX_STDIN_BYTES:
+        raise ValueError(f"standard input holds more than the {MAX_STDIN_BYTES} bytes accepted")
+    return data
+
+
+def _split_pem(data: bytes) -> tuple[bytes, bytes]:
+    """A PEM bundle's certificates and private key(s), apart: each keeps the stream's line numbers (the other's
+    lines are left blank), so that the operator's messages point at the right lines of standard input."""
+    chain, keys, last = bytearray(), bytearray(), 0
+    for match in _KEY_BLOCK.finditer(data):
+        between, block = data[last : match.start()], match.group(0)
+        chain += between + b"\n" * block.count(b"\n")
+        keys += b"\n" * between.count(b"\n") + block
+        last = match.end()
+    chain += data[last:]
+    return bytes(chain), bytes(keys) + b"\n"
+
+
+def _check_pem_stream(data: bytes, now: dt.datetime, destination: pki.Destination | None) -> int:
+    """A PEM bundle on standard input (for example `cat tls.crt tls.key | certsync check -`)."""
+    try:
+        pki.secret_text(data, STDIN_NAME)  # a stray byte is named by its place in the stream, not in a part of it
+    except pki.CertificateProblem as problem:
+        print(f"{STDIN_NAME}: {problem.reason}: {problem.message}")
+        return 1
+    chain, key = _split_pem(data)
+    keys = len(_KEY_BLOCK.findall(data))
+    if keys != 1:
+        print(f"{STDIN_NAME}: InvalidPrivateKey: {STDIN_NAME} holds {keys} PEM private keys; the chain and exactly "
+              "one key (the leaf's) are expected")  # fmt: skip
+        return 1
+    return _check_pem(chain, key, STDIN_NAME, f"the key in {STDIN_NAME}", now, destination)
+
+
 def _check_files(cert: Path, key: Path, now: dt.datetime, destination: pki.Destination | None) -> int:
     """PEM files: the operator's checks, with messages that name the files (not a Secret)."""
     try:
@@ -211,14 +279,25 @@ def _check_files(cert: Path, key: Path, now: dt.datetime, destination: pki.Desti
     except OSError as error:
         print(f"certsync check: cannot read input: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
+    return _check_pem(cert_pem, key_pem, str(cert), str(key), now, destination)
+
+
+def _check_pem(
+    cert_pem: bytes,
+    key_pem: bytes,
+    cert_source: str,
+    key_source: str,
+    now: dt.datetime,
+    destination: pki.Destination | None,
+) -> int:
     try:
-        bundle = pki.validate_tls(cert_pem, key_pem, now, cert_source=str(cert), key_source=str(key))
+        bundle = pki.validate_tls(cert_pem, key_pem, now, cert_source=cert_source, key_source=key_source)
         if destination is not None:
             pki.check_destination(bundle, destination, now)
     except pki.CertificateProblem as problem:
-        print(f"{cert}: {problem.reason}: {problem.message}")
+        print(f"{cert_source}: {problem.reason}: {problem.message}")
         return 1
-    _print_valid(str(cert), bundle)
+    _print_valid(cert_source, bundle)
     return 0
 
 
@@ -247,10 +326,30 @@ def _secret_view(doc: dict[str, Any]) -> rc.SecretView:
     return rc.SecretView(str(doc.get("type", "Opaque")), data)
 
 
+def version(argv: Sequence[str]) -> int:
+    """Print what names this build: certsync's version and commit, the Python and kopf it runs on."""
+    parser = argparse.ArgumentParser(prog="certsync version", description=version.__doc__)
+    parser.parse_args(argv)
+    for name, value in version_module.build_info().items():
+        print(f"{name}: {value}")
+    return 0
+
+
+def version_line() -> str:
+    """`certsync --version`: the same facts as `certsync version`, on one line."""
+    info = version_module.build_info()
+    return f"certsync {info['version']} (commit {info['commit']}, {info['python']}, kopf {info['kopf']})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "check":
         return check(args[1:])
+    if args and args[0] == "version":
+        return version(args[1:])
+    if args and args[0] == "--version":
+        print(version_line())
+        return 0
     if args and args[0] == "run":
         args = args[1:]
     return run_operator(args)

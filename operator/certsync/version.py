@@ -8,6 +8,7 @@ run without it says `unknown` rather than guessing.
 from __future__ import annotations
 
 import os
+import platform
 from importlib import metadata
 
 
@@ -22,3 +23,21 @@ def version() -> str:
 def commit() -> str:
     """The git commit the running code was built from, or `unknown`."""
     return os.environ.get("CERTSYNC_BUILD_COMMIT", "").strip() or "unknown"
+
+
+def dependency_version(name: str) -> str:
+    """The installed version of a distribution this build runs on, or `not installed`."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def build_info() -> dict[str, str]:
+    """What a bug report needs to name the build: certsync's version and commit, Python's and kopf's versions."""
+    return {
+        "version": version(),
+        "commit": commit(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "kopf": dependency_version("kopf"),
+    }
