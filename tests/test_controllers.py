@@ -21,6 +21,7 @@ from certsync.emqx import EmqxClient
 from certsync.kube import SECRET_FORBIDDEN_RETRY_S, KubeError, ObjectRef
 from certsync.metrics import Metrics
 from certsync.reconcile import SecretView
+from certsync.reconcile.record import new_intent
 from certsync.reconcile.targets import Claim
 from certsync.remote import RemoteError
 from certsync.settings import Settings
@@ -362,6 +363,18 @@ async def test_an_order_whose_pass_fails_before_ordering_gives_the_account_slot_
     assert world.ready("victim") == ("False", "Pending") and len(cdn.state.orders) == 1
 
 
+async def test_an_order_the_remote_refuses_gives_the_account_slot_back(world: World, cdn: Emulator) -> None:
+    refused = {**cdn_spec(cdn), "resourceId": "no-such-resource"}
+    victim = {**cdn_spec(cdn), "resourceId": "res1"}
+    for spec in (refused, victim):
+        spec.pop("secretName")
+    with pytest.raises(RemoteError):
+        await world.sync("letsencryptorders", "refused", refused, created="2025-01-01T00:00:00Z")
+    assert world.rt.order_slots == {}
+    await world.sync("letsencryptorders", "victim", victim)
+    assert world.ready("victim") == ("False", "Pending")
+
+
 async def test_two_resource_orders_of_one_account_each_get_their_own_certificate(world: World, cdn: Emulator) -> None:
     one = {**cdn_spec(cdn), "resourceId": "res1"}
     two = {**cdn_spec(cdn), "resourceId": "res2"}
@@ -389,12 +402,30 @@ async def test_an_order_whose_record_was_lost_is_never_placed_twice(world: World
     with pytest.raises(KubeError):
         await world.sync("letsencryptorders", "wild", spec)
     world.kube.fail = lambda patch: False
-    await world.sync("letsencryptorders", "wild", spec)
-    await world.advance(60)
+    for _ in range(3):  # settled by reading the list only, however often it is looked at
+        await world.sync("letsencryptorders", "wild", spec)
+        await world.advance(60)
     await world.sync("letsencryptorders", "wild", spec)
     orders = [c for c in cdn.state.core.calls if c.method == "POST" and "letsencrypt" in c.path]
-    assert orders and all(o.status == 200 for o in orders)
+    assert len(orders) == 1  # never re-sent as a probe: a second POST would be a second order where none is running
     assert len(cdn.state.orders) == 1 and world.ready("wild") == ("True", "Synced")
+
+
+async def test_an_unrecorded_wildcard_order_that_never_left_is_ordered_after_the_settle_bound(
+    world: World, cdn: Emulator
+) -> None:
+    """The intent was recorded, then the operator died before the POST: nothing appears in the list, so after
+    WILDCARD_SETTLE_S (and not before) the order is taken as never placed and sent once."""
+    spec = {**cdn_spec(cdn), "domains": ["*.e.example"]}
+    spec.pop("secretName")
+    intent = new_intent("order", letsencryptorder.target_of(spec), "", world.rt.clock(), before=[])
+    world.kube.status["wild"] = {"intent": intent.to_status()}
+    await world.sync("letsencryptorders", "wild", spec)
+    posts = lambda: [c for c in cdn.state.core.calls if c.method == "POST" and "letsencrypt" in c.path]  # noqa: E731
+    assert posts() == [] and world.ready("wild") == ("False", "Pending")
+    await world.advance(letsencryptorder.WILDCARD_SETTLE_S + 1)
+    await world.sync("letsencryptorders", "wild", spec)  # the bound passed: the intent is dropped, the order sent
+    assert len(posts()) == 1, world.status("wild")
 
 
 # --- deletion ----------------------------------------------------------------------------------

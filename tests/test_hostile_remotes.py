@@ -114,6 +114,26 @@ async def test_a_gzip_bomb_is_cut_when_decoded(hostile: Callable[[Handler], Awai
             await client.list_certificates(cdn.CdnAccess(server.url, "acct", token="static-token-value"))
 
 
+@pytest.mark.parametrize("encoding", ["gzip, gzip", "deflate", "br", "gzip"])
+async def test_an_encoded_answer_is_refused_unread(
+    hostile: Callable[[Handler], Awaitable[Hostile]], encoding: str
+) -> None:
+    """Identity is asked for: whatever else comes (a stacked gzip of 662 bytes inflates to hundreds of MB, a
+    broken deflate raises inside httpx) is refused before anything is inflated."""
+    seen: list[str] = []
+
+    async def encoded(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("Accept-Encoding", ""))
+        return web.Response(body=gzip.compress(gzip.compress(b"0" * 10_000_000)) + b"junk",
+                            headers={"Content-Encoding": encoding, "Content-Type": "application/json"})  # fmt: skip
+
+    server = await hostile(encoded)
+    async with emqx_client() as client:
+        with pytest.raises(AnswerRefused, match="Content-Encoding"):
+            await client.get_tls(access(server.url), "dep1")
+    assert seen == ["identity"]
+
+
 async def test_a_drip_ends_at_the_call_deadline_not_never(hostile: Callable[[Handler], Awaitable[Hostile]]) -> None:
     # One byte every 0.1 s: each read is far inside httpx's 20 s read timeout, so only a whole-call deadline ends it.
     server = await hostile(lambda request: streaming(request, chunks=100_000, size=1, pause=0.1))
@@ -178,7 +198,7 @@ def test_retry_after_is_parsed_within_bounds(header: str, seconds: float | None)
 
 
 async def test_a_nan_or_tiny_token_lifetime_is_clamped(hostile: Callable[[Handler], Awaitable[Hostile]]) -> None:
-    lifetimes = iter([b"NaN", b"1", b"1e400"])
+    lifetimes = iter([b"NaN", b"1", b"1" + b"0" * 400])
     logins = 0
 
     async def api(request: web.Request) -> web.StreamResponse:
@@ -199,6 +219,35 @@ async def test_a_nan_or_tiny_token_lifetime_is_clamped(hostile: Callable[[Handle
         for _ in range(3):  # a 1 ms lifetime is held past the renewal margin: one login, three calls
             await client.list_certificates(cdn_access(server.url))
     assert logins == 2
+    async with cdn_client() as client:  # an integer past float's range: the default lifetime, no crash
+        await client.list_certificates(cdn_access(server.url))
+    assert logins == 3
+
+
+async def test_a_token_that_cannot_be_sent_is_refused_not_cached(
+    hostile: Callable[[Handler], Awaitable[Hostile]],
+) -> None:
+    logins = 0
+
+    async def api(request: web.Request) -> web.StreamResponse:
+        nonlocal logins
+        if request.path.endswith("/token/"):
+            logins += 1
+            return web.json_response({"token": "t\u00f6k\nen", "lifetime": 21600000})
+        return web.json_response({"status": 0, "message": "", "data": []})
+
+    server = await hostile(api)
+    async with cdn_client() as client:
+        for expected in (1, 2):  # refused each time, never kept for the next call
+            with pytest.raises(RemoteError, match="cannot be sent"):
+                await client.list_certificates(cdn_access(server.url))
+            assert logins == expected
+
+
+@pytest.mark.parametrize("value", ["1e400", "inf", 10**20, -5])
+def test_certificate_times_out_of_range_are_unexpected_answers(value: object) -> None:
+    with pytest.raises(cdn.CdnUnexpectedAnswer):
+        cdn.timestamp({"end_timestamp": value}, "end")
 
 
 async def test_an_emqx_echoing_the_secret_in_every_field_leaks_nothing(

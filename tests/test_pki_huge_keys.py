@@ -67,3 +67,29 @@ async def test_the_refusal_is_a_stalled_reason_and_the_loop_stays_free() -> None
         ticker.cancel()
     assert isinstance(result, Problem) and result.reason == "KeyTypeUnsupported" and result.stalled
     assert ticks > 0
+
+
+def test_key_checks_in_threads_leave_the_warning_filters_as_they_found_them() -> None:
+    """catch_warnings is process-wide: checks in parallel threads must not leak "error" filters (a later warning
+    anywhere would raise) nor drop another thread's (a certificate that only warns would pass)."""
+    import threading
+    import warnings
+
+    before = list(warnings.filters)
+    keys = [issue(f"k{n}.example", key_kind="rsa").key_pem() for n in range(2)]
+    errors: list[BaseException] = []
+
+    def parse() -> None:
+        try:
+            for _ in range(20):
+                for key in keys:
+                    pki.parse_private_key(key)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=parse) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and warnings.filters == before

@@ -74,6 +74,7 @@ TOKEN_LIFETIME_S = 6 * 3600.0
 RENEW_MARGIN_S = 10 * 60.0  # renew this long before the token's announced end
 # A token said to live shorter is held this long (a minute past the renewal margin); a 401 still logs in again.
 MIN_TOKEN_LIFETIME_S = RENEW_MARGIN_S + 60.0
+MAX_TOKEN_CHARS = 4096
 BAN_SECONDS = 3 * 3600.0  # the provider bans an account this long after 7 wrong passwords
 MAX_REFUSALS = 5  # refused logins per endpoint + username within BAN_SECONDS, whatever the Secret: 2 below a ban
 TOKEN_STALE_S = 5 * 60.0  # an envelope 455 on a token older than this means "token no longer valid"
@@ -163,8 +164,18 @@ class CdnCertificateInfo:
         return all(d.lower() in names for d in domains)
 
 
+MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z: later is no time a datetime (or a certificate) can hold
+
+
 def timestamp(data: dict[str, Any], which: Literal["start", "end"]) -> int:
-    """Unix seconds from `<which>_timestamp` or `<which>`, a number or a numeric string; missing is an error."""
+    """Unix seconds from `<which>_timestamp` or `<which>`, between 1970 and 9999; anything else is an error."""
+    seconds = _timestamp(data, which)
+    if not 0 <= seconds <= MAX_TIMESTAMP:
+        raise CdnUnexpectedAnswer(0, f"certificate time {which} is out of range: {short(seconds)}")
+    return seconds
+
+
+def _timestamp(data: dict[str, Any], which: Literal["start", "end"]) -> int:
     for name in (f"{which}_timestamp", which):
         value = data.get(name)
         if isinstance(value, int) and not isinstance(value, bool):
@@ -174,7 +185,7 @@ def timestamp(data: dict[str, Any], which: Literal["start", "end"]) -> int:
         if isinstance(value, str) and value.strip():
             try:
                 return int(float(value.strip()))
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise CdnUnexpectedAnswer(0, f"certificate time {name} is not a number: {short(value)}") from None
     raise CdnUnexpectedAnswer(0, f"certificate without {which}_timestamp or {which}: {short(sorted(data))}")
 
@@ -514,8 +525,14 @@ class CdnClient(RemoteClient):
         token = (body.get("token") or body.get("auth_token")) if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
             raise CdnInternalError(0, "token endpoint answered without a token")
+        if not (token.isascii() and token.isprintable()) or len(token) > MAX_TOKEN_CHARS:
+            # It goes into a header of every call: refused here, never cached.
+            raise CdnInternalError(0, "token endpoint answered a token that cannot be sent (not printable ASCII)")
         lifetime_ms = body.get("lifetime") if isinstance(body, dict) else None
-        lifetime = float(lifetime_ms) / 1000.0 if _number(lifetime_ms) else TOKEN_LIFETIME_S
+        try:
+            lifetime = float(lifetime_ms) / 1000.0 if _number(lifetime_ms) else TOKEN_LIFETIME_S
+        except OverflowError:  # an integer past float's range: not a lifetime anyone means
+            lifetime = TOKEN_LIFETIME_S
         # A lifetime is believed between a minute and our own cap: a tiny one would make every call a login.
         lifetime = min(max(lifetime, MIN_TOKEN_LIFETIME_S), TOKEN_LIFETIME_S) if math.isfinite(lifetime) else 0.0
         lifetime = lifetime or TOKEN_LIFETIME_S

@@ -19,6 +19,7 @@ import binascii
 import datetime as dt
 import functools
 import re
+import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -256,6 +257,11 @@ def certificate_facts(cert: x509.Certificate) -> CertificateFacts:
     )
 
 
+# `warnings.catch_warnings` changes process-wide state and is not thread-safe; key and chain checks run in
+# threads (off the event loop), so every block that turns warnings into errors holds this lock.
+_WARNINGS = threading.Lock()
+
+
 def parse_certificates(data: bytes, what: str = "tls.crt") -> tuple[x509.Certificate, ...]:
     """Parse every certificate of a PEM chain, naming the block and lines of the first bad one."""
     _check_size(data, what, InvalidCertificate)
@@ -284,7 +290,7 @@ def _load_certificate(der: bytes, where: str) -> x509.Certificate:
     OverflowError …) or only warns (a negative serial): every one of them is an invalid certificate.
     """
     try:
-        with warnings.catch_warnings():
+        with _WARNINGS, warnings.catch_warnings():
             warnings.simplefilter("error")  # a parse warning (negative serial, bad encoding) is a refusal
             cert = x509.load_der_x509_certificate(der)
             certificate_facts(cert)
@@ -315,7 +321,7 @@ def parse_private_key(data: bytes, what: str = "tls.key") -> SupportedKey:
         raise InvalidPrivateKey(f"{what} must hold exactly one PEM private key, found {len(blocks)}")
     where = f"{what} (lines {blocks[0].first_line}-{blocks[0].last_line})"
     try:
-        with warnings.catch_warnings():
+        with _WARNINGS, warnings.catch_warnings():
             warnings.simplefilter("error")
             # First without RSA's consistency check, which costs seconds to minutes for a huge key: its size is
             # known before any of that work is done.

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
 from certsync import pki
 from certsync.cdn import CdnAccess, TaskExists
 from certsync.controllers.base import (
+    OutcomeUnknown,
     Resource,
     Runtime,
     conflict,
@@ -22,9 +22,10 @@ from certsync.controllers.base import (
 from certsync.controllers.cdncertificate import DEFAULT_ENDPOINT, cdn_access, forget_listing
 from certsync.reconcile import Problem, State
 from certsync.reconcile import orders as ro
-from certsync.reconcile.conditions import POLL_FIRST_S, poll_delay
+from certsync.reconcile.conditions import POLL_FIRST_S, parse_time, poll_delay
 from certsync.reconcile.record import Intent, new_intent
 from certsync.reconcile.targets import Claim, target_key
+from certsync.remote import RemoteError
 
 INFLIGHT = "letsencryptorders/inflight"  # owners() key space: resource orders running, per account
 
@@ -43,6 +44,11 @@ def inflight(status: Mapping[str, Any]) -> bool:
     """A resource order placed (or maybe placed) whose certificate is not found yet and that did not fail."""
     placed = bool(status.get("orderedAt")) or bool(status.get("intent"))
     return placed and not status.get("certificateSeq") and status.get("taskStatus") != "failed"
+
+
+# How long an unrecorded wildcard order is looked for in the account's list before it is taken as never placed
+# (issuance takes seconds to minutes; an order that never left costs this wait once, a second order never).
+WILDCARD_SETTLE_S = 15 * 60.0
 
 
 async def sync(rt: Runtime, r: Resource) -> float | None:
@@ -72,9 +78,9 @@ async def sync(rt: Runtime, r: Resource) -> float | None:
         await _resolve(rt, r, access, intent, resource_id, domains)
     if not (r.status.get("orderedAt") and r.status.get("target") == target):
         if r.status.get("intent") is not None:
-            return await finish(
-                rt, r, State("reconciling", "Pending", "settling an unfinished order"), {}, POLL_FIRST_S
-            )
+            state = State("reconciling", "Pending", "settling an unfinished order: looking for its certificate in the "
+                          "account's list before anything is ordered again")  # fmt: skip
+            return await finish(rt, r, state, {}, POLL_FIRST_S)
         return await _order(rt, r, access, target, resource_id, domains)
     return await _follow(rt, r, access, resource_id, domains)
 
@@ -117,10 +123,12 @@ async def _order(
             await guarded_write(rt, r, intent, place, outcome)
         except TaskExists:  # 489: an order is already running for these names: it is ours
             await record(rt, r, outcome(None))
-    except BaseException:
-        # Nothing was ordered (the list failed, the intent could not be recorded, the credentials were refused):
-        # the account's slot goes back at once, or one failing resource would queue every other order behind it.
-        if not sent and resource_id and rt.order_slots.get(account) == r.claim:
+    except BaseException as error:
+        # Nothing was ordered (the list failed, the intent could not be recorded, the credentials were refused, the
+        # remote refused the order): the account's slot goes back at once, or one failing resource would queue
+        # every other order behind it. Only an order whose outcome is unknown keeps it (its intent is recorded).
+        refused = isinstance(error, RemoteError) and not isinstance(error, OutcomeUnknown)
+        if (not sent or refused) and resource_id and rt.order_slots.get(account) == r.claim:
             rt.order_slots.pop(account, None)
         raise
     await event(rt, r, "Normal", "Ordered", "ordered a Let's Encrypt certificate")
@@ -143,9 +151,14 @@ async def _resolve(
     if ro.pick_certificate(listing, set(before), domains, ()) is not None:
         await record(rt, r, placed)
         return
-    with contextlib.suppress(TaskExists):  # no certificate yet: a running first order makes the remote answer 489
-        await rt.cdn.order_wildcard(access, domains)
-    await record(rt, r, placed)
+    # Not (yet) in the list: the order may be running, or may never have left. Re-sending it to find out would be
+    # a second order wherever the first is done or the remote does not answer 489 (Let's Encrypt limits duplicate
+    # certificates a week), so only reading settles it: the intent stays, the caller waits and lists again, and
+    # only when nothing appeared within WILDCARD_SETTLE_S is the order taken as never placed.
+    started = parse_time(intent.at)
+    if started is not None and (rt.clock() - started).total_seconds() < WILDCARD_SETTLE_S:
+        return
+    await record(rt, r, {"intent": None})
 
 
 async def _follow(rt: Runtime, r: Resource, access: CdnAccess, resource_id: str, domains: list[str]) -> float | None:
