@@ -347,12 +347,20 @@ async def test_spec_seq_wins_over_the_seq_in_status(world: World, cdn: Emulator)
 # --- LetsEncryptOrder --------------------------------------------------------------------------
 
 
-async def test_an_order_whose_pass_fails_before_ordering_gives_the_account_slot_back(
-    world: World, cdn: Emulator
+@pytest.mark.parametrize(
+    "failing",
+    [
+        {"resourceId": "res2", "credentialsSecretRef": {"name": "junk-creds"}},  # credentials that do not work
+        {"resourceId": "no-such-resource"},  # an order the remote refuses
+    ],
+    ids=["credentials-refused", "order-refused"],
+)
+async def test_an_order_that_fails_gives_the_account_slot_back(
+    world: World, cdn: Emulator, failing: dict[str, Any]
 ) -> None:
-    """A resource with credentials that do not work must not queue the account's other orders behind it."""
+    """A resource whose order fails must not queue the account's other orders behind it."""
     world.kube.secrets[(NS, "junk-creds")] = SecretView("Opaque", {"token": b"junk-token"}, uid="u", version="1")
-    squat = {**cdn_spec(cdn), "resourceId": "res2", "credentialsSecretRef": {"name": "junk-creds"}}
+    squat = {**cdn_spec(cdn), **failing}
     victim = {**cdn_spec(cdn), "resourceId": "res1"}
     for spec in (squat, victim):
         spec.pop("secretName")
@@ -361,18 +369,6 @@ async def test_an_order_whose_pass_fails_before_ordering_gives_the_account_slot_
     assert world.rt.order_slots == {}
     await world.sync("letsencryptorders", "victim", victim)
     assert world.ready("victim") == ("False", "Pending") and len(cdn.state.orders) == 1
-
-
-async def test_an_order_the_remote_refuses_gives_the_account_slot_back(world: World, cdn: Emulator) -> None:
-    refused = {**cdn_spec(cdn), "resourceId": "no-such-resource"}
-    victim = {**cdn_spec(cdn), "resourceId": "res1"}
-    for spec in (refused, victim):
-        spec.pop("secretName")
-    with pytest.raises(RemoteError):
-        await world.sync("letsencryptorders", "refused", refused, created="2025-01-01T00:00:00Z")
-    assert world.rt.order_slots == {}
-    await world.sync("letsencryptorders", "victim", victim)
-    assert world.ready("victim") == ("False", "Pending")
 
 
 async def test_two_resource_orders_of_one_account_each_get_their_own_certificate(world: World, cdn: Emulator) -> None:
