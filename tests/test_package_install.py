@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import sysconfig
 import venv
 from pathlib import Path
 
@@ -19,10 +20,14 @@ def test_wheel_installs_and_its_entry_points_run(tmp_path: Path) -> None:
     )  # fmt: skip
     [wheel] = list(wheels.glob("certsync-*.whl"))
     env_dir = tmp_path / "env"
-    venv.create(
-        env_dir, system_site_packages=True, with_pip=False
-    )  # dependencies from this machine, as pip would fetch
+    venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
+    # The dependencies are those of the environment running the suite (hack/test's .venv, not the base
+    # interpreter's, which system_site_packages would give): a .pth file puts its site-packages behind the wheel.
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    parent = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    Path(site, "_suite_dependencies.pth").write_text("\n".join(sorted(parent)) + "\n")
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--force-reinstall", str(wheel)],
         check=True, capture_output=True, timeout=300,
