@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import kopf
 import pytest
 from certsync import pki
 from certsync.budget import EMQX_READ, EMQX_WRITE, Window
@@ -490,6 +491,22 @@ async def test_a_pass_cut_short_by_the_stop_records_nothing(
     assert "conditions" not in world.status("shop")
     await handlers.one_pass(world.rt, resource, 0, lambda: False)  # not stopping: a bug says so
     assert world.ready("shop") == ("False", "InternalError")
+
+
+async def test_a_pass_after_the_cleanup_began_records_nothing(world: World, cdn: Emulator) -> None:
+    """kopf may run a daemon it respawned after its stop while the cleanup closes the clients (measured in CI:
+    `Cannot send a request, as the client has been closed` became InternalError over a Stalled status)."""
+    from certsync import handlers
+
+    world.trusted_tls("shop-tls", "www.shop.example")
+    await world.sync("cdncertificates", "shop", cdn_spec(cdn))
+    before = dict(world.status("shop"))
+    await handlers.cleanup(memo=kopf.Memo(runtime=world.rt))  # closes the clients, as at the operator's stop
+    assert world.rt.closing
+    resource = Resource("cdncertificates", NS, "shop", "uid-shop", 1, "2026-01-01T00:00:00Z", cdn_spec(cdn),
+                        dict(before), forced=True)  # fmt: skip
+    assert await handlers.one_pass(world.rt, resource, 3, lambda: False) == (None, 3)
+    assert dict(world.status("shop")) == before
 
 
 async def test_a_requested_drift_check_reads_the_remote_not_the_shared_list(world: World, cdn: Emulator) -> None:

@@ -151,6 +151,7 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.AiohttpSession | None:
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     rt = memo.get("runtime")
     if rt is not None:
+        rt.closing = True
         if isinstance(rt.kube, Kube) and rt.kube.secrets is not None:
             rt.kube.secrets.stop()
         if rt.writes:  # a write already sent finishes and is recorded; closing the clients now would cut it
@@ -296,6 +297,8 @@ async def one_pass(
 async def _one_pass(rt: Runtime, r: Resource, failures: int, stopping: Callable[[], bool]) -> tuple[float | None, int]:
     """Run the kind's controller; every exception ends in a condition and a retry time, except while the
     operator stops: a pass cut short by the stop leaves the status as the last whole pass recorded it."""
+    if rt.closing:  # the clients are closing or closed: a pass could only fail
+        return None, failures
     try:
         return await SYNCS[r.plural](rt, r), 0
     except RemoteError as error:
@@ -306,7 +309,7 @@ async def _one_pass(rt: Runtime, r: Resource, failures: int, stopping: Callable[
         delay = jittered(poll_delay(failures), random.random()) if error.transient else error.retry_after
         state = State("reconciling" if error.transient else "stalled", error.reason, error.message)
     except Exception as error:  # a bug or an unforeseen answer: say so, back off, keep the traceback in the log
-        if stopping():
+        if stopping() or rt.closing:
             log.info("%s %s/%s: pass cut short by the stop (%s); status left as it was", KINDS[r.plural],
                      r.namespace, r.name, type(error).__name__, extra={"k8s_ref": r.log_ref})  # fmt: skip
             return None, failures
@@ -333,7 +336,7 @@ def _daemon(plural: str) -> None:
         # here is the first pass's to meet again (and a deleted resource ends the loop there).
         with contextlib.suppress(KubeError):
             await first_sight(rt, _resource(plural, body, local))
-        while not stopped:
+        while not stopped and not rt.closing:
             wake.clear()
             forced = key in w.forced
             w.forced.discard(key)

@@ -59,6 +59,9 @@ class Runtime:
     cdn_list_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     # Passes running at once: a thousand daemons take turns instead of crowding the loop (and the Lease renewal).
     workers: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(32))
+    # Set by the cleanup before the clients close: kopf may still run (or respawn) a daemon then, and a pass
+    # failing on a closed client must not overwrite the last whole pass's status.
+    closing: bool = False
 
     def forget(self, key: tuple[str, str, str]) -> None:
         """A deleted resource leaves nothing behind in memory."""
