@@ -89,6 +89,8 @@ class CdnAccess:
 
     `credentials_id` names the credentials Secret's version ("<uid>:<resourceVersion>"): a refused
     login is never tried again with the same one. Without it, the refusal holds for this process only.
+    `namespace` with `credentials_id` names whose credentials these are (the tenant and its Secret): shared
+    memory (budgets, tokens, login memory) is keyed by them, never by spec text alone.
     """
 
     endpoint: str
@@ -97,6 +99,7 @@ class CdnAccess:
     password: str = field(default="", repr=False)
     token: str = field(default="", repr=False)
     credentials_id: str = ""
+    namespace: str = ""
 
     def login_key(self) -> tuple[str, str]:
         return (base_url(self.endpoint), self.username)

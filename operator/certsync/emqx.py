@@ -69,6 +69,9 @@ class EmqxAccess:
     endpoint: str
     api_key: str
     api_secret: str = field(repr=False)
+    # Whose credentials these are (see `CdnAccess`): what shared memory is keyed by, never spec text alone.
+    namespace: str = ""
+    credentials_id: str = ""
 
     def secrets(self) -> tuple[str, ...]:
         """What a hostile remote could echo of these credentials: the secret and the Basic header built from it."""

@@ -20,7 +20,7 @@ from certsync.controllers.base import (
     record,
     settled,
 )
-from certsync.reconcile import Problem, State, TLSMaterial, check_tls_secret, credentials
+from certsync.reconcile import Problem, State, TLSMaterial, check_tls_secret, credentials, credentials_id
 from certsync.reconcile import cdn as rc
 from certsync.reconcile.record import Intent, new_intent
 from certsync.reconcile.targets import target_key
@@ -43,7 +43,7 @@ async def cdn_access(rt: Runtime, r: Resource) -> CdnAccess | Problem:
     access = CdnAccess(
         r.endpoint or endpoint_of(r.spec, DEFAULT_ENDPOINT), str(r.spec["account"]),
         username=creds.get("username", ""), password=creds.get("password", ""), token=creds.get("token", ""),
-        credentials_id=f"{secret.uid}:{secret.version}",
+        credentials_id=credentials_id(secret), namespace=r.namespace,
     )  # fmt: skip
     # A refusal recorded by any resource using this Secret (before a restart, by another replica) holds here.
     for state in [r.status.get("cdnLogin") or {}, *rt.login_states(r.namespace, name)]:

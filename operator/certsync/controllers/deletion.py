@@ -125,7 +125,7 @@ async def _credentials(rt: Runtime, r: Resource) -> Any:
     if r.plural == "deploymenttlses":
         creds = credentials(name, secret, [("apiKey", "apiSecret")])
         if not isinstance(creds, Problem):
-            return EmqxAccess(r.endpoint, creds["apiKey"], creds["apiSecret"])
+            return deploymenttls.emqx_access(r, creds, secret)
     else:
         access = await cdncertificate.cdn_access(rt, r)
         if not isinstance(access, Problem):

@@ -19,7 +19,15 @@ from certsync.controllers.base import (
     settled,
 )
 from certsync.emqx import DeploymentTLSInfo, EmqxAccess, TLSNotConfigured
-from certsync.reconcile import State, TLSMaterial, check_ca_secret, check_tls_secret, credentials
+from certsync.reconcile import (
+    SecretView,
+    State,
+    TLSMaterial,
+    check_ca_secret,
+    check_tls_secret,
+    credentials,
+    credentials_id,
+)
 from certsync.reconcile import deploymenttls as rd
 from certsync.reconcile.conditions import POLL_FIRST_S
 from certsync.reconcile.record import new_intent
@@ -31,6 +39,11 @@ MIN_DRIFT_S = 60.0  # the CRD refuses less; an older object or a direct write ca
 
 def target_of(spec: dict[str, Any] | Any) -> str:
     return target_key(endpoint_of(spec), str(spec.get("deploymentId", "")))
+
+
+def emqx_access(r: Resource, creds: dict[str, str], secret: SecretView | None) -> EmqxAccess:
+    """The deployment's access, named by whose credentials it carries (the namespace and the Secret's version)."""
+    return EmqxAccess(r.endpoint, creds["apiKey"], creds["apiSecret"], r.namespace, credentials_id(secret))
 
 
 async def sync(rt: Runtime, r: Resource) -> float | None:
@@ -72,10 +85,11 @@ async def sync(rt: Runtime, r: Resource) -> float | None:
             return await finish(rt, r, ca.state(), {}, None)
         cacert, ca_digest = ca
     creds_name = spec["credentialsSecretRef"]["name"]
-    creds = credentials(creds_name, await rt.kube.read_secret(r.namespace, creds_name), [("apiKey", "apiSecret")])
+    creds_secret = await rt.kube.read_secret(r.namespace, creds_name)
+    creds = credentials(creds_name, creds_secret, [("apiKey", "apiSecret")])
     if not isinstance(creds, dict):
         return await finish(rt, r, creds.state(), {}, None)
-    access = EmqxAccess(r.endpoint, creds["apiKey"], creds["apiSecret"])
+    access = emqx_access(r, creds, creds_secret)
     deployment = str(spec["deploymentId"])
     scope, window = rt.emqx.scope(access, deployment, "PUT")
     rt.budget.restore(scope, window, {"sent": r.status.get("writeTimes", [])})

@@ -15,6 +15,7 @@ from certsync.reconcile.inputs import (
     check_ca_secret,
     check_tls_secret,
     credentials,
+    credentials_id,
 )
 
 __all__ = [
@@ -28,5 +29,6 @@ __all__ = [
     "check_tls_secret",
     "conditions",
     "credentials",
+    "credentials_id",
     "poll_delay",
 ]

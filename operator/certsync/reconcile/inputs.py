@@ -89,6 +89,12 @@ def check_ca_secret(name: str, key: str, secret: SecretView | None) -> tuple[str
     return text[key], digest
 
 
+def credentials_id(secret: SecretView | None) -> str:
+    """Which version of a credentials Secret a call carries ("<uid>:<resourceVersion>"): memory of refusals and
+    proofs belongs to it, so a changed Secret is tried anew and another tenant's Secret is another owner."""
+    return f"{secret.uid}:{secret.version}" if secret is not None else ""
+
+
 def credentials(name: str, secret: SecretView | None, keys: Sequence[Sequence[str]]) -> dict[str, str] | Problem:
     """The first complete set of `keys` found in the credentials Secret (values are never echoed)."""
     if secret is None:
