@@ -93,6 +93,13 @@ def test_identity_fields_are_immutable(kube: Kube, namespace: str) -> None:
     kube.apply(order("o", "https://c.example", resourceId="res1"), namespace=namespace)
     moved = kube.apply(order("o", "https://c.example", resourceId="res2"), namespace=namespace, check=False)
     assert moved.returncode != 0 and "resourceId is immutable" in moved.stderr
+    # a seq names the remote certificate a resource owns: changing, adding or dropping it later is refused
+    kube.apply(
+        cdn_cert("pinned", "https://c.example", seq=1), cdn_cert("free", "https://c.example"), namespace=namespace
+    )
+    for name, spec in (("pinned", {"seq": 2}), ("pinned", {}), ("free", {"seq": 1})):
+        changed = kube.apply(cdn_cert(name, "https://c.example", **spec), namespace=namespace, check=False)
+        assert changed.returncode != 0 and "seq is immutable" in changed.stderr, (name, spec, changed.stderr)
     # the endpoint is not an identity field: it may change
     assert kube.apply(dtls("broker", "https://e2.example"), namespace=namespace).returncode == 0
 
