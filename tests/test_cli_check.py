@@ -193,3 +193,31 @@ def test_standard_input_with_neither_a_secret_nor_pem_exits_2() -> None:
         assert result.returncode == 2, (junk, result.stdout, result.stderr)
         assert result.stdout == ""
     assert run("-", "--cert", "x.crt", "--key", "x.key").returncode == 2  # one input only
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        "kind: Secret\nmetadata: {name: x}\ndata: [tls.crt]\n",
+        "kind: Secret\nmetadata: {name: x}\ndata: {tls.crt: 42}\n",
+        "kind: Secret\nmetadata: {name: x}\ndata: {tls.crt: 'not base64!'}\n",
+        "kind: Secret\nmetadata: {name: x}\nstringData: plain text\n",
+    ],
+)
+def test_a_malformed_manifest_is_a_clear_error_not_a_traceback(tmp_path: Path, doc: str) -> None:
+    for source in ("file", "stdin"):
+        path = tmp_path / "bad.yaml"
+        path.write_text(doc)
+        result = run(str(path)) if source == "file" else run("-", stdin=doc.encode())
+        assert result.returncode == 2, (source, result.stdout, result.stderr)
+        assert "certsync check: cannot read input: ValueError" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_manifest_file_over_the_cap_is_refused_unread(tmp_path: Path) -> None:
+    from certsync.cli import MAX_INPUT_BYTES
+
+    big = tmp_path / "big.yaml"
+    with big.open("wb") as file:
+        file.truncate(MAX_INPUT_BYTES + 1)  # sparse: no disk spent
+    result = run(str(big))
+    assert result.returncode == 2 and f"holds more than the {MAX_INPUT_BYTES} bytes accepted" in result.stderr

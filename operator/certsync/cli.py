@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import binascii
 import datetime as dt
 import logging
 import os
@@ -13,7 +14,7 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import yaml
 from aiohttp import web
@@ -175,8 +176,8 @@ def _exit_now(code: int) -> None:
 
 STDIN = "-"
 STDIN_NAME = "<stdin>"
-# A manifest on standard input may hold several Secrets (Kubernetes caps each at 1 MiB); more is not a manifest.
-MAX_STDIN_BYTES = 8 * 1024 * 1024
+# A manifest may hold several Secrets (Kubernetes caps each at 1 MiB); more is not a manifest, file or stdin.
+MAX_INPUT_BYTES = 8 * 1024 * 1024
 # A PEM bundle has its markers at the start of a line; in a Secret's YAML they are indented (block scalars).
 _PEM_LINE = re.compile(rb"^-----BEGIN [A-Z0-9 ]+-----", re.MULTILINE)
 _KEY_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]*PRIVATE KEY)-----.*?-----END \1-----", re.DOTALL)
@@ -207,15 +208,11 @@ def check(argv: Sequence[str]) -> int:
         return _check_files(args.cert, args.key, now, args.destination)
     from_stdin = args.manifest == STDIN
     try:
-        data = _read_stdin() if from_stdin else Path(args.manifest).read_bytes()
+        data = _read_capped(sys.stdin.buffer if from_stdin else None, args.manifest)
         if from_stdin and _PEM_LINE.search(data):
             return _check_pem_stream(data, now, args.destination)
         docs = [doc for doc in yaml.safe_load_all(data.decode("utf-8")) if isinstance(doc, dict)]
-        secrets = [
-            (str((d.get("metadata") or {}).get("name", "?")), _secret_view(d))
-            for d in docs
-            if d.get("kind") == "Secret"
-        ]
+        secrets = [(_name_of(d), _secret_view(d)) for d in docs if d.get("kind") == "Secret"]
     except (OSError, yaml.YAMLError, ValueError) as error:
         print(f"certsync check: cannot read input: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
@@ -236,10 +233,15 @@ def check(argv: Sequence[str]) -> int:
     return 1 if failed else 0
 
 
-def _read_stdin() -> bytes:
-    data = sys.stdin.buffer.read(MAX_STDIN_BYTES + 1)
-    if len(data) > MAX_STDIN_BYTES:
-        raise ValueError(f"standard input holds more than the {MAX_STDIN_BYTES} bytes accepted")
+def _read_capped(stream: BinaryIO | None, path: str) -> bytes:
+    """Standard input or a file, never more than `MAX_INPUT_BYTES` read (a device or a huge file is refused)."""
+    if stream is not None:
+        data, where = stream.read(MAX_INPUT_BYTES + 1), "standard input"
+    else:
+        with Path(path).open("rb") as file:
+            data, where = file.read(MAX_INPUT_BYTES + 1), path
+    if len(data) > MAX_INPUT_BYTES:
+        raise ValueError(f"{where} holds more than the {MAX_INPUT_BYTES} bytes accepted")
     return data
 
 
@@ -320,9 +322,23 @@ def _check_for(
     return result
 
 
+def _name_of(doc: dict[str, Any]) -> str:
+    metadata = doc.get("metadata")
+    return str(metadata.get("name", "?")) if isinstance(metadata, dict) else "?"
+
+
 def _secret_view(doc: dict[str, Any]) -> rc.SecretView:
-    data = {k: base64.b64decode(v) for k, v in (doc.get("data") or {}).items()}
-    data.update({k: str(v).encode() for k, v in (doc.get("stringData") or {}).items()})
+    """A Secret document as the operator would read it; a malformed one raises ValueError with what is wrong."""
+    encoded, plain = doc.get("data") or {}, doc.get("stringData") or {}
+    if not isinstance(encoded, dict) or not isinstance(plain, dict):
+        raise ValueError("a Secret's data and stringData must be mappings of key to value")
+    if not all(isinstance(v, str) for v in encoded.values()):
+        raise ValueError("a Secret's data values must be base64 strings")
+    try:
+        data = {str(k): base64.b64decode(v, validate=True) for k, v in encoded.items()}
+    except binascii.Error:
+        raise ValueError("a Secret's data values must be base64 strings") from None
+    data.update({str(k): str(v).encode() for k, v in plain.items()})
     return rc.SecretView(str(doc.get("type", "Opaque")), data)
 
 
