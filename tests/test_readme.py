@@ -130,6 +130,10 @@ YAML_BLOCKS: dict[str, Where] = {
     "kind: Kustomization": Where(f"{HERE}::test_flux_example_waits_for_an_example_resource"),
     "healthCheckExprs:": Where(f"{HERE}::test_flux_health_check_expressions_name_the_crds_conditions"),
 }
+# Sample output: the test that prints it compares it with the README's block.
+TEXT_BLOCKS: dict[str, Where] = {
+    "NAME                   READY": Where("tests/test_cli_status.py::test_the_readmes_sample_is_what_status_prints"),
+}
 
 # README text that a test replaces, by name: (the README's text, what runs instead and why). Only these are replaced,
 # only where a test names them (`substitute`).
@@ -277,21 +281,24 @@ def test_every_readme_command_is_run_or_covered() -> None:
     assert not unclassified, f"README commands that no test runs (add them to COMMANDS with their test): {unclassified}"
     used = {classify(c.text) for c in commands}
     assert set(COMMANDS) <= used, f"COMMANDS lists what the README no longer says: {sorted(set(COMMANDS) - used)}"
-    for where in [*COMMANDS.values(), *YAML_BLOCKS.values()]:
+    for where in [*COMMANDS.values(), *YAML_BLOCKS.values(), *TEXT_BLOCKS.values()]:
         path, _, function = where.test.partition("::")
         assert (REPO / path).is_file(), where
         assert not function or function in _functions(REPO / path), f"{where.test} does not exist"
         for file, text in where.evidence:
             assert text in (REPO / file).read_text(), f"{file} no longer contains {text!r} ({where.test})"
+    marked = {"yaml": YAML_BLOCKS, "text": TEXT_BLOCKS}
     languages = {language for language, _, _ in _blocks()}
-    assert languages <= {"sh", "yaml"}, f"blocks of another language need a test here: {languages}"
-    yaml_blocks = [body for language, body, _ in _blocks() if language == "yaml"]
-    for body in yaml_blocks:
-        assert yaml.safe_load(body), body  # parses
-        markers = [marker for marker in YAML_BLOCKS if marker in body]
-        assert len(markers) == 1, f"a YAML block needs one YAML_BLOCKS entry (found {markers}):\n{body}"
-    stale = [marker for marker in YAML_BLOCKS if not any(marker in body for body in yaml_blocks)]
-    assert not stale, f"YAML_BLOCKS lists what the README no longer has: {stale}"
+    assert languages <= {"sh", *marked}, f"blocks of another language need a test here: {languages}"
+    for language, entries in marked.items():
+        bodies = [body for kind, body, _ in _blocks() if kind == language]
+        for body in bodies:
+            if language == "yaml":
+                assert yaml.safe_load(body), body  # parses
+            markers = [marker for marker in entries if marker in body]
+            assert len(markers) == 1, f"a {language} block needs one entry (found {markers}):\n{body}"
+        stale = [marker for marker in entries if not any(marker in body for body in bodies)]
+        assert not stale, f"the {language} blocks' entries list what the README no longer has: {stale}"
 
 
 def test_examples_agree_with_each_other() -> None:

@@ -1,4 +1,5 @@
-"""Command line: `certsync run` (the operator, also `python -m certsync`), `certsync check`, `certsync version`."""
+"""Command line: `certsync run` (the operator, also `python -m certsync`), `certsync check`, `certsync status`,
+`certsync version`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import base64
 import binascii
 import datetime as dt
+import json
 import logging
 import os
 import re
@@ -342,6 +344,95 @@ def _secret_view(doc: dict[str, Any]) -> rc.SecretView:
     return rc.SecretView(str(doc.get("type", "Opaque")), data)
 
 
+def status(argv: Sequence[str]) -> int:
+    """Show the certsync resources' state from the cluster alone (no remote call); exit 1 when any is not Ready."""
+    from certsync import fleet
+
+    parser = argparse.ArgumentParser(prog="certsync status", description=status.__doc__)
+    parser.add_argument("what", nargs="?", help="KIND or KIND/NAME (deploymenttls, cdncertificate, letsencryptorder)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("-n", "--namespace", help="the namespace (default: the kubeconfig context's)")
+    where.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    parser.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    parser.add_argument("--kubeconfig", help="the kubeconfig file (default: KUBECONFIG, ~/.kube/config, in cluster)")
+    parser.add_argument("--drift-interval", default="6h", help="the operator's CERTSYNC_DRIFT_INTERVAL (default 6h)")
+    args = parser.parse_args(argv)
+    kind, _, name = (args.what or "").partition("/")
+    plurals = list(fleet.KINDS)
+    if kind:
+        plural = fleet.kind_of(kind)
+        if plural is None:
+            parser.error(f"unknown kind {kind!r}: one of {', '.join(sorted(fleet.ALIASES))}")
+        plurals = [plural]
+    if name and args.all_namespaces:
+        parser.error("a NAME needs one namespace, not -A")
+    try:
+        interval = settings_module.parse_duration(args.drift_interval)
+    except ValueError:
+        parser.error(f"--drift-interval: not a duration: {args.drift_interval!r}")
+    try:
+        objects = _list_resources(plurals, name, args.namespace, args.all_namespaces, args.kubeconfig)
+    except _ClusterError as error:
+        print(f"certsync status: {error}", file=sys.stderr)
+        return 2
+    found = fleet.rows(objects, dt.datetime.now(dt.UTC), interval)
+    if args.output == "table":
+        print(fleet.table(found, with_namespace=args.all_namespaces) if found else "No resources found.")
+    elif args.output == "json":
+        print(json.dumps(fleet.document(found), indent=2))
+    else:
+        print(yaml.safe_dump(fleet.document(found), sort_keys=False), end="")
+    return 0 if fleet.all_ready(found) else 1
+
+
+class _ClusterError(Exception):
+    """The cluster could not be read: said in one line, never a traceback."""
+
+
+def _list_resources(
+    plurals: Sequence[str], name: str, namespace: str | None, everywhere: bool, kubeconfig: str | None
+) -> list[tuple[str, Any]]:
+    import kubernetes
+    import urllib3
+
+    from certsync.kube import GROUP, VERSION
+
+    try:
+        if kubeconfig or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            kubernetes.config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+            if namespace is None:
+                _, context = kubernetes.config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+                namespace = (context or {}).get("context", {}).get("namespace")
+        else:
+            kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except (kubernetes.config.ConfigException, OSError) as error:
+        raise _ClusterError(f"no cluster to read: {error}") from None
+    api = kubernetes.client.CustomObjectsApi()
+    namespace = namespace or "default"
+    found: list[tuple[str, Any]] = []
+    try:
+        for plural in plurals:
+            if name:
+                found.append((plural, api.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)))
+            else:
+                listed: Any = (
+                    api.list_cluster_custom_object(GROUP, VERSION, plural)
+                    if everywhere
+                    else api.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)
+                )
+                found += [(plural, o) for o in listed["items"]]
+    except kubernetes.client.ApiException as error:
+        what = f"{plural}/{name}" if name else plural
+        if error.status == 404:
+            raise _ClusterError(
+                f"{what} not found in namespace {namespace!r} (or the CRDs are not installed)"
+            ) from None
+        raise _ClusterError(f"reading {what} failed: HTTP {error.status} {error.reason}") from None
+    except (urllib3.exceptions.HTTPError, OSError) as error:
+        raise _ClusterError(f"the API server cannot be reached: {type(error).__name__}") from None
+    return found
+
+
 def version(argv: Sequence[str]) -> int:
     """Print what names this build: certsync's version and commit, the Python and kopf it runs on."""
     parser = argparse.ArgumentParser(prog="certsync version", description=version.__doc__)
@@ -363,6 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check(args[1:])
     if args and args[0] == "version":
         return version(args[1:])
+    if args and args[0] == "status":
+        return status(args[1:])
     if args and args[0] == "--version":
         print(version_line())
         return 0
