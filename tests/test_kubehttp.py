@@ -3,6 +3,7 @@ named, and turn an error status into the client's own exception."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import json
@@ -262,3 +263,11 @@ async def test_a_failed_count_never_fails_the_pass_and_the_cache_is_bounded() ->
     server.patch_status = 200
     await kube.event(REF, "Normal", "Synced", "a")  # forgotten: posted anew
     assert server.sent[-1][0] == "POST"
+
+
+async def test_the_same_event_from_passes_at_once_is_posted_once_and_counted_each_time() -> None:
+    """Passes run concurrently: without a lock two of them both post (two Events) or patch the same count."""
+    kube, server, _ = event_layer()
+    await asyncio.gather(*(kube.event(REF, "Warning", "RemoteUnavailable", "HTTP 503") for _ in range(5)))
+    assert [method for method, _, _ in server.sent] == ["POST", "PATCH", "PATCH", "PATCH", "PATCH"]
+    assert [body.get("count") for _, _, body in server.sent] == [1, 2, 3, 4, 5]

@@ -35,6 +35,7 @@ STATUS_ATTEMPTS = 6  # about a minute of backoff before a pass gives up on recor
 SECRET_FORBIDDEN_RETRY_S = 300.0  # RBAC is fixed outside any input the operator watches: look again this often
 EVENT_WINDOW_S = 600.0  # client-go's EventCorrelator: a repeat within 10 minutes counts on the Event posted before
 EVENT_CACHE = 4096  # client-go's LRU size: the Events remembered for counting
+EVENT_LOCKS = 64  # stripes serialising posts of the same Event (hash of its key); different Events rarely wait
 EVENT_MESSAGE = 1024
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
 log = logging.getLogger("certsync.kube")
@@ -111,6 +112,9 @@ class Kube:
         self.event_cache = event_cache
         self.events: OrderedDict[EventKey, PostedEvent] = OrderedDict()  # least recently posted first
         self.patch_events = True  # False once RBAC refused a patch: every Event is then posted anew
+        # The same Event from two passes at once: one posts, the other counts on it (never two posts, and no
+        # count lost to two patches of the same value). Striped: a fixed set of locks, whatever the Events.
+        self._event_locks = [asyncio.Lock() for _ in range(EVENT_LOCKS)]
 
     async def read_secret(self, namespace: str, name: str) -> SecretView | None:
         """The Secret's body: kept from an earlier read while the Secret watch says it has not changed."""
@@ -207,6 +211,10 @@ class Kube:
         that Event expired or was deleted (404), or when RBAC refuses the patch (403)."""
         message = message[:EVENT_MESSAGE]
         key: EventKey = (ref.namespace, ref.kind, ref.name, ref.uid, type_, reason, message)
+        async with self._event_locks[hash(key) % EVENT_LOCKS]:
+            await self._event(ref, key, type_, reason, message)
+
+    async def _event(self, ref: ObjectRef, key: EventKey, type_: str, reason: str, message: str) -> None:
         now = self.clock()
         try:
             posted = self.events.get(key)
