@@ -24,7 +24,7 @@ WITHIN_S = 1.0  # checking the key would take tens of seconds; its size takes mi
 
 
 def test_an_rsa_16384_leaf_is_refused_by_its_size_within_a_second() -> None:
-    pki.load_bundle.cache_clear()
+    pki.BUNDLES.clear()
     started = time.monotonic()
     with pytest.raises(pki.KeyTooLarge) as refused:
         pki.validate_tls(HUGE_CERT, HUGE_KEY, dt.datetime.now(dt.UTC))
@@ -50,7 +50,7 @@ def test_keys_up_to_the_limit_still_load() -> None:
 
 async def test_the_refusal_is_a_stalled_reason_and_the_loop_stays_free() -> None:
     """What a pass does with such a Secret: a reason, computed in a thread while the loop keeps ticking."""
-    pki.load_bundle.cache_clear()
+    pki.BUNDLES.clear()
     secret = SecretView("kubernetes.io/tls", {"tls.crt": HUGE_CERT, "tls.key": HUGE_KEY})
     ticks = 0
 
@@ -93,3 +93,29 @@ def test_key_checks_in_threads_leave_the_warning_filters_as_they_found_them() ->
     for thread in threads:
         thread.join()
     assert errors == [] and warnings.filters == before
+
+
+def test_the_parsed_bundle_cache_is_bounded_in_bytes_and_entries() -> None:
+    """Inputs near the PEM cap keep only a few parsed bundles; small ones up to the entry bound."""
+    cache = pki.BundleCache(max_entries=3, max_bytes=1000)
+    bundle = pki.load_bundle(*_small_pair())
+    for n in range(5):
+        cache.put(bytes([n]), bundle, 100)
+    assert cache.size() == (3, 300) and cache.get(b"\x00") is None and cache.get(b"\x04") is bundle
+    cache.put(b"big", bundle, 900)  # the oldest go until the bytes fit
+    assert cache.size() == (2, 1000) and cache.get(b"big") is bundle and cache.get(b"\x03") is None
+    cache.put(b"huge", bundle, 1001)  # larger than the whole bound: never kept
+    assert cache.get(b"huge") is None and cache.size() == (2, 1000)
+
+
+def test_a_repeated_input_is_parsed_once() -> None:
+    pki.BUNDLES.clear()
+    cert, key = _small_pair()
+    first = pki.load_bundle(cert, key)
+    assert pki.load_bundle(cert, key) is first and pki.BUNDLES.size()[0] == 1
+    assert pki.load_bundle(cert, key, "other.crt") is not first  # the sources name the messages: another entry
+
+
+def _small_pair() -> tuple[bytes, bytes]:
+    small = issue("cache.example")
+    return small.cert_pem, small.key_pem()

@@ -17,10 +17,11 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import functools
+import hashlib
 import re
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -34,6 +35,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 # Kubernetes caps a Secret at 1 MiB; a real chain is a few KiB. Refusing more
 # than this keeps a hostile or broken Secret from costing memory and CPU.
 MAX_PEM_BYTES = 256 * 1024
+# Parsed inputs kept: the last 256 (as before), and a byte bound so that inputs near MAX_PEM_BYTES keep only a few.
+BUNDLE_CACHE_ENTRIES = 256
+BUNDLE_CACHE_BYTES = 8 * 1024 * 1024
 
 SupportedKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -450,23 +454,75 @@ TLS_CHECKS: tuple[Check, ...] = (
 )
 
 
-@functools.lru_cache(maxsize=256)
+class BundleCache:
+    """Parsed bundles by the digest of their input, bounded in entries and in input bytes (a proxy of what a
+    parsed chain and key hold): a few hundred Secrets near the PEM cap cannot grow the operator past its limit.
+    Keys are digests, so the cache never holds a PEM a second time. Thread-safe: checks run off the loop."""
+
+    def __init__(self, max_entries: int = BUNDLE_CACHE_ENTRIES, max_bytes: int = BUNDLE_CACHE_BYTES) -> None:
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self._bundles: OrderedDict[bytes, tuple[TLSBundle, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> TLSBundle | None:
+        with self._lock:
+            found = self._bundles.get(key)
+            if found is not None:
+                self._bundles.move_to_end(key)
+            return found[0] if found else None
+
+    def put(self, key: bytes, bundle: TLSBundle, size: int) -> None:
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._bundles:
+                return
+            self._bundles[key] = (bundle, size)
+            self._bytes += size
+            while len(self._bundles) > self.max_entries or self._bytes > self.max_bytes:
+                _, (_, dropped) = self._bundles.popitem(last=False)
+                self._bytes -= dropped
+
+    def clear(self) -> None:
+        with self._lock:
+            self._bundles.clear()
+            self._bytes = 0
+
+    def size(self) -> tuple[int, int]:
+        """Entries and input bytes held (what the tests watch)."""
+        with self._lock:
+            return len(self._bundles), self._bytes
+
+
+BUNDLES = BundleCache()
+
+
 def load_bundle(
     cert_pem: bytes, key_pem: bytes, cert_source: str = "tls.crt", key_source: str = "tls.key"
 ) -> TLSBundle:
     """Parse once per distinct input: loading an RSA key checks it (tens of ms), and every pass re-validates."""
+    digest = hashlib.sha256()
+    for part in (cert_pem, key_pem, cert_source.encode(), key_source.encode()):
+        digest.update(len(part).to_bytes(8, "big") + part)
+    key_of_input = digest.digest()
+    cached = BUNDLES.get(key_of_input)
+    if cached is not None:
+        return cached
     chain = parse_certificates(cert_pem, cert_source)
     leaf_key = chain[0].public_key()
     if isinstance(leaf_key, rsa.RSAPublicKey):  # before the private key is loaded (its check is the slow part)
         refuse_huge_rsa(leaf_key.key_size, f"{cert_source} certificate #1")
     key = parse_private_key(key_pem, key_source)
-    return TLSBundle(
+    bundle = TLSBundle(
         chain=chain,
         facts=tuple(certificate_facts(c) for c in chain),
         key=key,
         cert_source=cert_source,
         key_source=key_source,
     )
+    BUNDLES.put(key_of_input, bundle, len(cert_pem) + len(key_pem))
+    return bundle
 
 
 def validate_tls(
