@@ -45,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
         "--terminate-seconds", type=float, default=5.0, help="how long GET answers `terminated` (async-delete)"
     )
 
-    c = kinds.add_parser("cdn", help="CDN SSL API")
+    c = kinds.add_parser("cdn", help="CDN SSL API and HTTP resources")
     c.add_argument("--host", default="127.0.0.1")
     c.add_argument("--port", type=int, default=0)
     c.add_argument("--account", required=True)
@@ -59,6 +59,13 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--rate-limit", type=int, default=20, help="SSL API calls per minute per account")
     c.add_argument("--failing", action="append", default=[], help="resource id or domain whose orders fail")
     c.add_argument("--broken-dns", action="append", default=[], help="domain whose wildcard order gets 480")
+    c.add_argument(
+        "--le-auto-renew",
+        type=float,
+        metavar="DAYS",
+        help="the CDN renews its Let's Encrypt certificates itself, DAYS before they expire (default: never)",
+    )
+    c.add_argument("--task-delay", type=float, default=2.0, help="seconds an HTTP resource's configuration task runs")
     c.add_argument(
         "--dialect",
         action="append",
@@ -111,6 +118,8 @@ def build(args: argparse.Namespace) -> web.Application:
                 failing=set(args.failing),
                 broken_dns=set(args.broken_dns),
                 dialects=frozenset(args.dialect),
+                le_auto_renew_days=args.le_auto_renew,
+                task_delay=args.task_delay,
             )
         )
     )

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from emulators import certs
+from emulators.cdnresources import TASK_DELAY_S, ResourceStore, resource_routes
 from emulators.common import EmulatorCore, SlidingLimit, control_routes, fault_middleware, json_response
 
 DIALECTS = {
@@ -46,9 +47,11 @@ DIALECTS = {
     "start-end": "certificate times come as `start`/`end` instead of `start_timestamp`/`end_timestamp`",
     "string-times": 'certificate times are numeric strings ("1700000000") instead of numbers',
     "get-object": "a get answers `data` as the certificate object instead of an array of one",
+    "capitalised-tasks": "the tasks endpoint answers `Completed`, `Pending`… instead of lower case",
 }
 
 TOKEN_LIFETIME_S = 6 * 3600
+LE_COMMENT = "letsencrypt"  # the comment the CDN gives the certificates it issued through Let's Encrypt
 BAN_AFTER = 7
 BAN_SECONDS = 3 * 3600
 SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -86,6 +89,10 @@ class CdnConfig:
     failing: set[str] = field(default_factory=set)  # resource ids or domains whose orders fail
     broken_dns: set[str] = field(default_factory=set)  # wildcard domains answered with 480
     dialects: frozenset[str] = frozenset()  # names from DIALECTS
+    # Let's Encrypt renewals by the CDN itself: this many days before a Let's Encrypt certificate expires, a newer
+    # one for the same names appears in the list (None: never, the operator must order again).
+    le_auto_renew_days: float | None = None
+    task_delay: float = TASK_DELAY_S  # how long a configuration task of an HTTP resource runs
 
     def __post_init__(self) -> None:
         unknown = set(self.dialects) - DIALECTS.keys()
@@ -199,12 +206,20 @@ class CdnState:
     orders: dict[str, Order] = field(default_factory=dict)
     next_seq: int = 1
     hidden: dict[int, int] = field(default_factory=dict)  # seq -> list calls still to leave it out of
+    renewed: set[int] = field(default_factory=set)  # Let's Encrypt seqs the CDN already renewed by itself
 
     def __post_init__(self) -> None:
         self.limit = SlidingLimit(self.config.rate_limit, 60.0)
         self.login_limit = SlidingLimit(self.config.login_limit, 60.0)
         self.le_ca = LetsEncryptCA()
         self.trusted = self._load_trusted()
+        self.http_resources = ResourceStore(self.config.task_delay, "capitalised-tasks" in self.config.dialects)
+        self._seed_resources()
+
+    def _seed_resources(self) -> None:
+        """Every resource a Let's Encrypt order may name is also an HTTP resource serving its domains."""
+        for resource_id, domains in self.config.resources.items():
+            self.http_resources.add(resource_id, domains)
 
     def _load_trusted(self) -> list[x509.Certificate]:
         roots: list[x509.Certificate] = [self.le_ca.cert]
@@ -222,6 +237,9 @@ class CdnState:
         self.limit.clear()
         self.login_limit.clear()
         self.next_seq = 1
+        self.renewed.clear()
+        self.http_resources.reset()
+        self._seed_resources()
 
     def store(self, certificate: str, private_key: str, comment: str, chain: tuple[x509.Certificate, ...]) -> int:
         seq = self.next_seq
@@ -238,9 +256,25 @@ class CdnState:
                     order.status = "failed"
                     continue
                 order.status = "processed"
-                chain_pem, key_pem = self.le_ca.issue(order.domains, now)
-                chain = tuple(x509.load_pem_x509_certificates(chain_pem.encode()))
-                self.store(chain_pem, key_pem, "letsencrypt", chain)
+                self._issue(order.domains, now)
+        if self.config.le_auto_renew_days is not None:
+            self._auto_renew(now, self.config.le_auto_renew_days)
+
+    def _issue(self, domains: list[str], now: float) -> int:
+        chain_pem, key_pem = self.le_ca.issue(domains, now)
+        chain = tuple(x509.load_pem_x509_certificates(chain_pem.encode()))
+        return self.store(chain_pem, key_pem, LE_COMMENT, chain)
+
+    def _auto_renew(self, now: float, days: float) -> None:
+        """A Let's Encrypt certificate near its end gets a newer one for the same names, once."""
+        for stored in list(self.certificates.values()):
+            if stored.comment != LE_COMMENT or stored.seq in self.renewed:
+                continue
+            leaf = stored.chain[0]
+            if now >= leaf.not_valid_after_utc.timestamp() - days * 86400:
+                self.renewed.add(stored.seq)
+                sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                self._issue(list(sans.get_values_for_type(x509.DNSName)), now)
 
 
 def _load_roots(data: bytes) -> list[x509.Certificate]:
@@ -343,12 +377,16 @@ def build_app(state: CdnState) -> web.Application:
             return envelope(455)
         return json_response({"status": 401, "message": "invalid or expired token"}, 401)
 
+    def authorised(request: web.Request) -> bool:
+        """A token the token endpoint gave, not expired: the SSL API and the CDN API take the same."""
+        held = state.tokens.get(request.headers.get("CDN-AUTH-TOKEN", ""))
+        return held is not None and held[1] > core.now()
+
     @web.middleware
     async def api_guard(request: web.Request, handler: Any) -> web.StreamResponse:
         if not request.path.startswith("/app/ssl/"):
             return await handler(request)  # type: ignore[no-any-return]
-        held = state.tokens.get(request.headers.get("CDN-AUTH-TOKEN", ""))
-        if held is None or held[1] <= core.now():
+        if not authorised(request):
             return token_refused()
         if request.match_info.get("account") != config.account:
             return envelope(455)
@@ -476,6 +514,9 @@ def build_app(state: CdnState) -> web.Application:
 
     app = web.Application(middlewares=[fault_middleware(core, lambda code: envelope(code)), api_guard])
     app.add_routes(control_routes(core, state.reset))
+    app.add_routes(
+        resource_routes(state.http_resources, config.account, core.now, authorised, lambda s: s in state.certificates)
+    )
     prefix = "/app/ssl/v1/account/{account}"
     app.add_routes(
         [
