@@ -44,6 +44,14 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--terminate-seconds", type=float, default=5.0, help="how long GET answers `terminated` (async-delete)"
     )
+    e.add_argument(
+        "--deployment-type", action="append", default=[], metavar="ID=TYPE",
+        help=f"a deployment's type ({', '.join(emqx.DEPLOYMENT_TYPES)}; default dedicated)",
+    )  # fmt: skip
+    e.add_argument(
+        "--deployment-status", action="append", default=[], metavar="ID=STATUS",
+        help=f"a deployment's status ({', '.join(emqx.DEPLOYMENT_STATUSES)}; default running)",
+    )  # fmt: skip
 
     c = kinds.add_parser("cdn", help="CDN SSL API and HTTP resources")
     c.add_argument("--host", default="127.0.0.1")
@@ -79,6 +87,14 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def _pairs(items: list[str]) -> dict[str, str]:
+    """`ID=VALUE` flags as a mapping."""
+    pairs = dict(item.partition("=")[::2] for item in items)
+    if any(not key or not value for key, value in pairs.items()):
+        raise SystemExit(f"expected ID=VALUE, got {items!r}")
+    return pairs
+
+
 def build(args: argparse.Namespace) -> web.Application:
     if args.kind == "emqx":
         return emqx.build_app(
@@ -98,6 +114,8 @@ def build(args: argparse.Namespace) -> web.Application:
                     failing_deployments=frozenset(args.failing_deployment),
                     expire_offset_hours=args.expire_offset_hours,
                     terminate_seconds=args.terminate_seconds,
+                    deployment_types=_pairs(args.deployment_type),
+                    deployment_statuses=_pairs(args.deployment_status),
                 )
             )
         )

@@ -41,6 +41,8 @@ MIN_REMAINING = dt.timedelta(days=60)
 RSA_SIZES = (1024, 2048)
 CURVES = ("secp256r1", "secp384r1")
 FAILED_MESSAGE = "the certificate could not be applied to the deployment"
+DEPLOYMENT_TYPES = ("dedicated", "dedicatedFlex", "serverless")
+DEPLOYMENT_STATUSES = ("running", "starting", "stopped")
 
 
 @dataclass
@@ -73,6 +75,10 @@ class EmqxConfig:
     failing_deployments: frozenset[str] = frozenset()  # writes here end `failed`, never `running`
     expire_offset_hours: float = 0.0  # `expire` written in this zone (8: UTC+8), still without a zone
     terminate_seconds: float = 5.0  # how long GET answers `terminated` after a DELETE (async-delete)
+    # `GET /deployments/{id}`: each deployment's type and status (default dedicated, running); TLS writes to a
+    # Serverless or not running deployment answer 422 (project's choice: the provider does not say).
+    deployment_types: dict[str, str] = field(default_factory=dict)
+    deployment_statuses: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = set(self.dialects) - DIALECTS.keys()
@@ -80,6 +86,10 @@ class EmqxConfig:
             raise ValueError(f"unknown EMQX dialect(s) {sorted(unknown)}; known: {', '.join(DIALECTS)}")
         self.dialects = frozenset(self.dialects)
         self.failing_deployments = frozenset(self.failing_deployments)
+        bad_types = set(self.deployment_types.values()) - set(DEPLOYMENT_TYPES)
+        bad_statuses = set(self.deployment_statuses.values()) - set(DEPLOYMENT_STATUSES)
+        if bad_types or bad_statuses:
+            raise ValueError(f"unknown deployment type or status: {sorted(bad_types | bad_statuses)}")
 
 
 @dataclass
@@ -91,11 +101,28 @@ class EmqxState:
     def __post_init__(self) -> None:
         self.reads = SlidingLimit(self.config.read_limit, self.config.window_seconds)
         self.writes = SlidingLimit(self.config.write_limit, self.config.window_seconds)
+        self.deployment_reads = SlidingLimit(self.config.read_limit, self.config.window_seconds)
 
     def reset(self) -> None:
         self.tls.clear()
         self.reads.clear()
         self.writes.clear()
+        self.deployment_reads.clear()
+
+    def deployment_type(self, deployment: str) -> str:
+        return self.config.deployment_types.get(deployment, "dedicated")
+
+    def deployment_status(self, deployment: str) -> str:
+        return self.config.deployment_statuses.get(deployment, "running")
+
+    def deployment(self, deployment: str) -> dict[str, Any]:
+        """`GET /deployments/{id}` as EMQX Cloud's deployment API documents it."""
+        return {
+            "deploymentID": deployment, "deploymentName": f"broker-{deployment}",
+            "deploymentType": self.deployment_type(deployment), "status": self.deployment_status(deployment),
+            "version": "5.8.1", "region": "eu-central-1", "platform": "aws", "projectName": "default",
+            "connections": 0, "tps": 0, "createAt": "2026-01-05 09:30:00",
+        }  # fmt: skip
 
     def installed(self, deployment: str) -> InstalledTLS | None:
         """The deployment's TLS, after letting a finished asynchronous delete take effect."""
@@ -197,15 +224,22 @@ def check_body(body: dict[str, Any], now: dt.datetime) -> Accepted | str:
 def build_app(state: EmqxState) -> web.Application:
     config, core = state.config, state.core
 
+    def authenticated(request: web.Request) -> tuple[str, str] | web.Response:
+        """The key pair if it is one of the two this emulator knows (the second one is scoped to nothing)."""
+        creds = _basic_auth(request)
+        if creds is not None and creds in (
+            (config.api_key, config.api_secret),
+            (config.unscoped_key, config.unscoped_secret),
+        ):
+            return creds
+        return state.error(401, "API key authentication failed")
+
     async def tls(request: web.Request) -> web.Response:
         deployment = request.match_info["deployment_id"]
-        creds = _basic_auth(request)
-        if creds == (config.api_key, config.api_secret):
-            scoped = deployment in config.deployments
-        elif creds == (config.unscoped_key, config.unscoped_secret):
-            scoped = False
-        else:
-            return state.error(401, "API key authentication failed")
+        creds = authenticated(request)
+        if isinstance(creds, web.Response):
+            return creds
+        scoped = creds[0] == config.api_key and deployment in config.deployments
         limit = state.reads if request.method == "GET" else state.writes
         wait = limit.hit(f"{creds[0]}:{deployment}", core.now())
         if wait is not None:
@@ -217,6 +251,11 @@ def build_app(state: EmqxState) -> web.Application:
             return state.absent(request.method, "deployment not found")
         if not scoped:
             return state.error(403, "API key has no permission for this deployment")
+        if request.method in ("POST", "PUT"):
+            if state.deployment_type(deployment) == "serverless":
+                return state.error(422, "TLS/SSL configuration is not supported for Serverless deployments")
+            if state.deployment_status(deployment) != "running":
+                return state.error(422, f"the deployment is {state.deployment_status(deployment)}, not running")
         installed = state.installed(deployment)
         terminating = installed is not None and installed.deleted_at is not None
         if request.method == "DELETE":
@@ -259,9 +298,50 @@ def build_app(state: EmqxState) -> web.Application:
         )
         return json_response(state.describe(state.tls[deployment]))
 
+    def limited(key: str) -> web.Response | None:
+        wait = state.deployment_reads.hit(key, core.now())
+        if wait is None:
+            return None
+        headers = {"Retry-After": str(max(1, int(wait + 0.999)))} if config.retry_after else None
+        return state.error(429, "request limit exceeded", headers)
+
+    async def deployment(request: web.Request) -> web.Response:
+        deployment_id = request.match_info["deployment_id"]
+        creds = authenticated(request)
+        if isinstance(creds, web.Response):
+            return creds
+        if (blocked := limited(f"{creds[0]}:{deployment_id}")) is not None:
+            return blocked
+        if deployment_id not in config.deployments:
+            return state.error(404, "deployment not found")
+        if creds[0] != config.api_key:
+            return state.error(403, "API key has no permission for this deployment")
+        return json_response(state.deployment(deployment_id))
+
+    async def deployments(request: web.Request) -> web.Response:
+        creds = authenticated(request)
+        if isinstance(creds, web.Response):
+            return creds
+        if (blocked := limited(f"{creds[0]}:*")) is not None:
+            return blocked
+        shown = config.deployments if creds[0] == config.api_key else []
+        return json_response([state.deployment(d) for d in shown])
+
+    async def control_deployments(request: web.Request) -> web.Response:
+        """Control API: change a deployment's type or status (`{"types": {id: t}, "statuses": {id: s}}`)."""
+        body = await request.json()
+        types, statuses = dict(body.get("types") or {}), dict(body.get("statuses") or {})
+        if not set(types.values()) <= set(DEPLOYMENT_TYPES) or not set(statuses.values()) <= set(DEPLOYMENT_STATUSES):
+            return json_response({"error": "unknown type or status"}, 400)
+        config.deployment_types.update(types)
+        config.deployment_statuses.update(statuses)
+        return json_response({"types": config.deployment_types, "statuses": config.deployment_statuses})
+
     app = web.Application(middlewares=[fault_middleware(core, lambda code: state.error(code, "injected error"))])
     app.add_routes(control_routes(core, state.reset))
     app.add_routes([web.route("*", "/deployments/{deployment_id}/tls", tls)])
+    app.add_routes([web.get("/deployments", deployments), web.get("/deployments/{deployment_id}", deployment)])
+    app.add_routes([web.post("/_emulator/deployments", control_deployments)])
     app.add_routes([web.get("/_emulator/tls/{deployment_id}", _inspect(state))])
     app.add_routes([web.get("/_emulator/config", _describe_config(config))])
     return app
