@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from certsync.budget import EMQX_WRITE, BudgetExhausted, RateBudget, Scope, Window
+from certsync.budget import (
+    CDN_UNPROVEN_FRACTION,
+    EMQX_READ,
+    EMQX_UNPROVEN_FRACTION,
+    EMQX_WRITE,
+    UNPROVEN_QUOTA,
+    BudgetExhausted,
+    RateBudget,
+    Scope,
+    Window,
+    unproven_share,
+)
 
 
 class FakeClock:
@@ -75,43 +86,77 @@ def test_export_and_restore_survive_a_restart() -> None:
     assert after.remaining(SCOPE, EMQX_WRITE) == 5
 
 
-async def test_concurrency_bounds_each_scope_and_the_whole_and_serves_in_order() -> None:
-    import asyncio
-
-    from certsync.budget import Concurrency
-
-    limits = Concurrency(per_scope=2, overall=3)
-    peak: dict[str, int] = {}
-    running: dict[str, int] = {}
-    order: list[int] = []
-    gate = asyncio.Event()
-
-    async def call(scope: str, n: int) -> None:
-        async with limits.slot(scope):
-            running[scope] = running.get(scope, 0) + 1
-            peak[scope] = max(peak.get(scope, 0), running[scope])
-            peak["all"] = max(peak.get("all", 0), sum(running.values()))
-            order.append(n)
-            await gate.wait()
-            running[scope] -= 1
-
-    tasks = [asyncio.create_task(call("a" if n % 2 else "b", n)) for n in range(10)]
-    while len(order) < 3:
-        await asyncio.sleep(0)
-    gate.set()
-    await asyncio.gather(*tasks)
-    assert peak["a"] <= 2 and peak["b"] <= 2 and peak["all"] <= 3
-    assert sorted(order) == list(range(10)) and order[:3] == [0, 1, 2]
-    assert limits.in_flight() == 0 and not limits._scopes  # nothing left behind
+CDN = Scope("cdn", "https://cdn.example", "acct", "all")
+PER_MINUTE = Window(20, 60.0)
 
 
-async def test_a_failing_call_gives_its_slot_back() -> None:
-    import pytest
-    from certsync.budget import Concurrency
+def test_unproven_callers_hold_at_most_their_share_and_count_in_the_window() -> None:
+    budget = RateBudget(FakeClock())
+    for _ in range(5):
+        budget.acquire(CDN, PER_MINUTE, unproven_share=5)
+    with pytest.raises(BudgetExhausted) as exhausted:
+        budget.acquire(CDN, PER_MINUTE, unproven_share=5)
+    assert exhausted.value.delay == 60
+    for _ in range(15):  # proven callers keep the rest: the window, the unproven sends included, is 20
+        budget.acquire(CDN, PER_MINUTE)
+    with pytest.raises(BudgetExhausted):
+        budget.acquire(CDN, PER_MINUTE)
+    assert budget.export(CDN, PER_MINUTE)["sent"] == [1_000_000.0] * 20
 
-    limits = Concurrency(per_scope=1, overall=1)
-    with pytest.raises(RuntimeError):
-        async with limits.slot("x"):
-            raise RuntimeError("remote exploded")
-    async with limits.slot("x"):
-        assert limits.in_flight() == 1
+
+def test_a_send_that_proved_its_caller_leaves_the_share_but_not_the_window() -> None:
+    clock = FakeClock()
+    budget = RateBudget(clock)
+    first = budget.acquire(CDN, Window(2, 60.0), unproven_share=1)
+    with pytest.raises(BudgetExhausted):
+        budget.acquire(CDN, Window(2, 60.0), unproven_share=1)
+    budget.prove(CDN, Window(2, 60.0), first)
+    budget.acquire(CDN, Window(2, 60.0), unproven_share=1)
+    with pytest.raises(BudgetExhausted):  # both still count against the remote's limit
+        budget.acquire(CDN, Window(2, 60.0))
+
+
+def test_a_refund_gives_the_send_back_and_idle_scopes_are_forgotten() -> None:
+    clock = FakeClock()
+    quotas = RateBudget(clock)
+    quota = Scope("cdn", "https://cdn.example", "unproven ns", "all")
+    sent = quotas.acquire(quota, UNPROVEN_QUOTA)
+    with pytest.raises(BudgetExhausted):
+        quotas.acquire(quota, UNPROVEN_QUOTA)
+    quotas.refund(quota, UNPROVEN_QUOTA, sent)
+    quotas.acquire(quota, UNPROVEN_QUOTA)
+    quotas.forget_idle()
+    assert len(list(quotas.scopes())) == 1  # still inside its minute
+    clock.now += 61
+    quotas.forget_idle()
+    assert list(quotas.scopes()) == []
+
+
+@pytest.mark.parametrize(
+    ("window", "fraction", "share"),
+    [
+        (Window(20, 60.0), CDN_UNPROVEN_FRACTION, 5),
+        (EMQX_WRITE, EMQX_UNPROVEN_FRACTION, 1),
+        (EMQX_READ, EMQX_UNPROVEN_FRACTION, 10),
+        (Window(2, 60.0), CDN_UNPROVEN_FRACTION, 1),  # a tiny window still lets a new tenant prove itself
+        (Window(1, 60.0), CDN_UNPROVEN_FRACTION, 1),
+    ],
+)
+def test_unproven_shares(window: Window, fraction: float, share: int) -> None:
+    assert unproven_share(window, fraction) == share
+
+
+async def test_the_gate_forgets_turns_and_bounds_its_proofs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from certsync import remote
+
+    monkeypatch.setattr(remote, "MAX_PROOFS", 3)
+    gate = remote.BudgetGate(RateBudget(FakeClock()))
+    for n in range(5):
+        async with gate.attempt(("ns", f"uid-{n}:1"), CDN, PER_MINUTE, 5) as go:
+            go.send()
+            go.proved()
+    assert len(gate._turns) == 0  # no lock left behind
+    assert [gate.is_proven(("ns", f"uid-{n}:1"), CDN.target) for n in range(5)] == [False, False, True, True, True]
+    assert gate.quotas.export(Scope("cdn", CDN.endpoint, "unproven ns", "all"), UNPROVEN_QUOTA)["sent"] == []
+    gate.forget_owner(("ns", "uid-4:1"))
+    assert not gate.is_proven(("ns", "uid-4:1"), CDN.target)

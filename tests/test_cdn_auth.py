@@ -119,6 +119,7 @@ async def test_a_refusal_survives_a_restart_and_a_changed_secret_gets_exactly_on
             await restarted.token(access("uid-1:101", "another-wrong-one"))
         assert remote.logins() == 2
         remote.login = token_answer()
+        clock.now += 61  # the namespace's one unproven attempt a minute
         assert await restarted.token(access("uid-1:102", "the-right-one")) == TOKEN
         assert remote.logins() == 3
 
@@ -136,14 +137,17 @@ async def test_different_secrets_of_one_username_are_capped_below_the_ban() -> N
     remote, clock = Remote(refused), Clock()
     async with make_client(remote, clock) as c:
         for attempt in range(api.MAX_REFUSALS + 3):
+            clock.now += 61  # the namespace's one unproven attempt a minute
             with pytest.raises(api.LoginRefused):
                 await c.token(access(f"uid:{attempt}", f"wrong-{attempt}"))
         assert remote.logins() == api.MAX_REFUSALS < 7
-        state = c.export_login_state(access("uid:99", "next"))
+        state, exported_at = c.export_login_state(access("uid:99", "next")), clock.now
         clock.now += api.BAN_SECONDS + 1
         remote.login = token_answer()
         assert await c.token(access("uid:99", "right")) == TOKEN
-    async with make_client(Remote(refused), Clock()) as restarted:  # the cap survives a restart too
+    later = Clock()
+    later.now = exported_at + 61
+    async with make_client(Remote(refused), later) as restarted:  # the cap survives a restart too
         restarted.restore_login_state(access("uid:99", "next"), state)
         with pytest.raises(api.LoginRefused, match="wrong passwords in the last 3 h"):
             await restarted.token(access("uid:100", "yet-another"))
@@ -167,10 +171,10 @@ async def test_a_ban_is_waited_out_then_tried_exactly_once() -> None:
             await c.token(access())
         assert first.value.retryable and first.value.retry_after == api.BAN_SECONDS
         assert first.value.reason == "AccountBanned"
-        saved = c.export_login_state(access("uid-2:1"))  # any Secret of the username learns of the ban
-        assert saved["bannedUntil"] == clock.now + api.BAN_SECONDS
+        saved = c.export_login_state(access("uid-1:101"))  # any Secret of the username learns of the ban
+        assert saved["bannedUntil"] == clock.now + api.BAN_SECONDS and saved["owner"] == "/uid-1"
         clock.now += api.BAN_SECONDS - 60
-        with pytest.raises(api.AccountBanned) as waiting:
+        with pytest.raises(api.AccountBanned) as waiting:  # a ban answered here holds for every owner
             await c.token(access("uid-2:1", "a-new-password"))
         assert waiting.value.retry_after == pytest.approx(60)
         assert remote.logins() == 1
@@ -189,6 +193,9 @@ async def test_a_ban_is_waited_out_then_tried_exactly_once() -> None:
         remote.login = token_answer()
         assert await restarted.token(access()) == TOKEN
         assert remote.logins() == 3
+    async with make_client(Remote(token_answer()), clock) as other:  # a ban read from a status: its owner's only
+        other.restore_login_state(access(), saved)
+        assert await other.token(access("uid-9:1", namespace="elsewhere")) == TOKEN
 
 
 # --- the token endpoint ----------------------------------------------------------------------
@@ -274,8 +281,11 @@ async def test_a_renewal_by_one_caller_is_not_undone_by_another() -> None:
         issued.append(f"tok-{len(issued) + 1}-abcdefghijklmnop")
         return token_answer(value=issued[-1])(_)
 
+    old_token_refused = False
+
     def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(401) if request.headers["CDN-AUTH-TOKEN"] == issued[0] else ok_list()
+        refuse = old_token_refused and request.headers["CDN-AUTH-TOKEN"] == issued[0]
+        return httpx.Response(401) if refuse else ok_list()
 
     remote, clock = Remote(login, answer), Clock()
 
@@ -284,9 +294,10 @@ async def test_a_renewal_by_one_caller_is_not_undone_by_another() -> None:
         return remote(request)
 
     async with api.CdnClient(budget=RateBudget(clock=clock), transport=httpx.MockTransport(slow)) as c:
-        await c.token(access())
+        await c.list_certificates(access())  # proven for the account: the four calls below go out together
+        old_token_refused = True
         await asyncio.gather(*(c.list_certificates(access()) for _ in range(4)))
-    assert remote.logins() == 2 and remote.api_calls() == 8
+    assert remote.logins() == 2 and remote.api_calls() == 1 + 8
 
 
 # --- echoed secrets --------------------------------------------------------------------------
@@ -334,6 +345,7 @@ async def test_against_the_emulator_eight_resources_with_one_wrong_password_log_
         results = await asyncio.gather(*(c.list_certificates(wrong) for _ in range(8)), return_exceptions=True)
         assert all(isinstance(r, api.LoginRefused) for r in results)
         assert cdn.counts() == {LOGIN: 1}
+        await cdn.control("POST", "clock", {"advance": 61})  # the namespace's one unproven attempt a minute
         fixed = api.CdnAccess(cdn.url, "acct1", username=CDN_USER, password=CDN_PASSWORD, credentials_id="u:2")
         await asyncio.gather(*(c.list_certificates(fixed) for _ in range(8)))
         assert cdn.counts()[LOGIN] == 2

@@ -98,9 +98,14 @@ async def test_login_401_is_never_retried_with_the_same_password(cdn: Emulator) 
             await c.list_certificates(wrong)
         assert cdn.counts() == {LOGIN: 1}
         assert "wrong-password-1" not in str(first.value) and first.value.reason == "CredentialsInvalid"
+        with pytest.raises(RateLimitedError, match="one attempt a minute"):  # the namespace's unproven quota
+            await c.list_certificates(access(cdn))
+        assert cdn.counts() == {LOGIN: 1}
+        await cdn.control("POST", "clock", {"advance": 61})
         await c.list_certificates(access(cdn))  # the Secret changed: a new password is tried
         assert cdn.counts()[LOGIN] == 2
         c.forget_refusal(wrong)  # the Secret was rewritten: one more try is allowed
+        await cdn.control("POST", "clock", {"advance": 61})
         with pytest.raises(api.LoginRefused):
             await c.list_certificates(wrong)
         assert cdn.counts()[LOGIN] == 3
@@ -267,7 +272,7 @@ async def test_429_503_and_dropped_connections(cdn: Emulator) -> None:
         delays.append(delay)
 
     async with api.CdnClient(budget=cdn.budget(), sleep=record, retry=RetryPolicy(3, 0.01)) as c:
-        await c.token(access(cdn))
+        await c.list_certificates(access(cdn))  # proven for the account: a 429 now blocks the account
         await cdn.fault("503", count=2)
         assert await c.list_certificates(access(cdn)) == []
         assert len(delays) == 2
@@ -281,7 +286,7 @@ async def test_429_503_and_dropped_connections(cdn: Emulator) -> None:
         with pytest.raises(RateLimitedError, match="not sent"):
             await c.list_certificates(access(cdn))  # the scope stays blocked: nothing is sent
     async with api.CdnClient(budget=cdn.budget(), sleep=record, retry=RetryPolicy(1)) as c:
-        await c.token(access(cdn))
+        await c.list_certificates(access(cdn))
         await cdn.fault("429")
         with pytest.raises(api.CdnRateLimited) as no_header:
             await c.list_certificates(access(cdn))

@@ -54,8 +54,8 @@ async def emqx_dialect(request: pytest.FixtureRequest) -> AsyncIterator[Emulator
     await running.stop()
 
 
-def access(emulator: Emulator, key: str = EMQX_KEY, secret: str = EMQX_SECRET) -> api.EmqxAccess:
-    return api.EmqxAccess(emulator.url, key, secret)
+def access(emulator: Emulator, key: str = EMQX_KEY, secret: str = EMQX_SECRET, namespace: str = "") -> api.EmqxAccess:
+    return api.EmqxAccess(emulator.url, key, secret, namespace=namespace, credentials_id=f"{key}-uid:1")
 
 
 async def no_sleep(_: float) -> None:
@@ -130,10 +130,10 @@ async def test_auth_scope_and_a_missing_deployment(emqx_dialect: Emulator) -> No
     leaf = issue("mqtt.example.com")
     async with client(emqx) as c:
         with pytest.raises(api.EmqxUnauthorized) as unauthorized:
-            await c.get_tls(access(emqx, secret="wrong-secret-123"), DEP)
+            await c.get_tls(access(emqx, secret="wrong-secret-123", namespace="wrong"), DEP)
         assert unauthorized.value.reason == "CredentialsInvalid" and unauthorized.value.remote_code == "401"
         with pytest.raises(api.EmqxForbidden):
-            await c.get_tls(access(emqx, "unscoped-key", "unscoped-secret"), DEP)
+            await c.get_tls(access(emqx, "unscoped-key", "unscoped-secret", namespace="unscoped"), DEP)
         # A GET cannot tell a missing deployment from one without TLS; the create that follows can.
         with pytest.raises(api.TLSNotConfigured):
             await c.get_tls(access(emqx), "nosuchdep")

@@ -1,4 +1,4 @@
-"""The clients queue their calls in `Concurrency` (per remote target and overall) instead of piling onto the pool."""
+"""The clients queue their calls in `RemoteSlots` (per remote target and overall) instead of piling onto the pool."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 from certsync import cdn, emqx
-from certsync.budget import Concurrency, RateBudget, Window
+from certsync.budget import RateBudget, Window
+from certsync.fairshare import NAMESPACE, RemoteSlots
 from certsync.remote import NO_RETRY
 
 
@@ -61,17 +62,29 @@ async def run_all(calls: list[Awaitable[object]]) -> list[object]:
 
 async def test_emqx_calls_queue_two_per_deployment_and_six_overall() -> None:
     server = HeldServer(lambda _: httpx.Response(200, json={"tlsType": "one-way", "status": "running"}))
-    limits = Concurrency(per_scope=2, overall=6)
+    limits = RemoteSlots(per_scope=2, overall=6)
     big = Window(limit=1000, period=3600.0)
     client = emqx.EmqxClient(
         transport=server.transport(), concurrency=limits, read_window=big, retry=NO_RETRY, budget=RateBudget()
     )
-    access = emqx.EmqxAccess("https://emqx.test/api", "key", "secret")
     deployments = [f"dep{n}" for n in range(5)]
-    calls = [client.get_tls(access, d) for d in deployments for _ in range(4)]  # 20 calls over 5 deployments
+    accesses = {
+        f"ns{n}": emqx.EmqxAccess("https://emqx.test/api", "key", "secret", f"ns{n}", "uid:1") for n in range(3)
+    }
+    for access in accesses.values():  # proven credentials: no quota of unproven ones serialises their calls
+        for d in deployments:
+            client.gate.prove(emqx.owner(access), client.scope(access, d, "GET")[0].target)
+
+    async def in_namespace(namespace: str, deployment: str) -> object:
+        NAMESPACE.set(namespace)  # a task's own context, as a pass's
+        return await client.get_tls(accesses[namespace], deployment)
+
+    # 20 calls over 5 deployments, from 3 namespaces (one namespace alone may hold only half the slots)
+    calls = [in_namespace(f"ns{n % 3}", d) for d in deployments for n in range(4)]
     pending = asyncio.create_task(run_all(calls))
     await until("the first calls to reach the server", lambda: server.running["all"] == 6)
     assert limits.in_flight() == 6  # the other 14 wait in the queue, not in the HTTP pool
+    assert max(limits.held(f"ns{n}") for n in range(3)) <= 3
     server.release.set()
     results = await pending
     await client.aclose()
@@ -88,7 +101,7 @@ async def test_cdn_calls_of_one_account_queue_behind_a_single_login() -> None:
         return httpx.Response(200, json={"status": 0, "message": "ok", "data": []})
 
     server = HeldServer(answer)
-    limits = Concurrency(per_scope=2, overall=32)
+    limits = RemoteSlots(per_scope=2, overall=32)
     client = cdn.CdnClient(transport=server.transport(), concurrency=limits, retry=NO_RETRY, per_minute=1000)
     accounts = [cdn.CdnAccess("https://cdn.test", f"acct{n}", "user", "password-9q") for n in range(3)]
     calls = [client.list_certificates(a) for a in accounts for _ in range(10)]

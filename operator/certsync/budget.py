@@ -7,15 +7,19 @@ from the remote is authoritative and blocks the scope until `Retry-After`
 or, without one, until the window frees. State can be exported to and
 restored from plain JSON so that a resource's status carries it across an
 operator restart.
+
+Callers whose credentials are not proven for a scope's target (remote.py's
+`BudgetGate` decides) count in the same window, so the remote's limit holds,
+but only up to a small share of it (`unproven_share`), and each namespace has
+its own quota besides (`UNPROVEN_QUOTA`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 Clock = Callable[[], float]
@@ -48,6 +52,22 @@ class Scope:
 EMQX_READ = Window(limit=60, period=3600.0)
 EMQX_WRITE = Window(limit=6, period=3600.0)
 CDN_PER_MINUTE = 20
+UNPROVEN_QUOTA = Window(limit=1, period=60.0)
+"""What credentials not yet proven for a target may send, per namespace, remote API, endpoint and method class:
+one attempt a minute. Junk credentials of one tenant (twenty Secrets or two thousand) cost the remote one call a
+minute, never the budget of the tenant whose account they name; a call that proves its owner is given back."""
+CDN_UNPROVEN_FRACTION = 0.25
+"""Of a CDN window (an account's 20 a minute, the token endpoint's 20 a minute), at most this share may be sent
+by unproven callers of every namespace together, so that proven callers always keep three quarters of it."""
+EMQX_UNPROVEN_FRACTION = 1 / 6
+"""Of an EMQX window (a deployment's 6 writes, 60 reads an hour), at most this share for unproven callers: one
+write and ten reads an hour; the writes a proven caller needs (a burst of rotations costs two) always remain."""
+
+
+def unproven_share(window: Window, fraction: float) -> int:
+    """Calls of `window` that unproven callers may hold together: `fraction` of it, at least one (a remote with a
+    tiny window must still let a new tenant prove itself), never the whole window when it has room for more."""
+    return max(1, min(int(window.limit * fraction), window.limit - 1))
 
 
 class BudgetExhausted(Exception):
@@ -65,6 +85,7 @@ class _State:
     window: Window
     sent: deque[float] = field(default_factory=deque)
     blocked_until: float = 0.0
+    unproven: deque[float] = field(default_factory=deque)  # the sends of `sent` by callers not (yet) proven
 
 
 class RateBudget:
@@ -80,11 +101,18 @@ class RateBudget:
     def _state(self, scope: Scope, window: Window) -> _State:
         state = self._states.get(scope)
         if state is None or state.window != window:
-            state = _State(window, deque(state.sent if state else ()), state.blocked_until if state else 0.0)
+            state = _State(
+                window,
+                deque(state.sent if state else ()),
+                state.blocked_until if state else 0.0,
+                deque(state.unproven if state else ()),
+            )
             self._states[scope] = state
         cutoff = self.now() - window.period
         while state.sent and state.sent[0] <= cutoff:
             state.sent.popleft()
+        while state.unproven and state.unproven[0] <= cutoff:
+            state.unproven.popleft()
         return state
 
     def next_allowed(self, scope: Scope, window: Window, now: float | None = None) -> float:
@@ -101,13 +129,42 @@ class RateBudget:
             return 0
         return max(0, window.limit - len(state.sent))
 
-    def acquire(self, scope: Scope, window: Window) -> None:
-        """Record a call about to be sent, or raise `BudgetExhausted` without recording it."""
+    def acquire(self, scope: Scope, window: Window, *, unproven_share: int | None = None) -> float:
+        """Record a call about to be sent, or raise `BudgetExhausted` without recording it; returns the time
+        recorded (what `prove` and `refund` name the send by).
+
+        With `unproven_share` the caller is not proven: besides the window, the unproven sends inside it must stay
+        below that share, and this one is counted among them until `prove` says otherwise."""
         now = self.now()
         at = self.next_allowed(scope, window, now)
+        state = self._states[scope]
+        if unproven_share is not None and len(state.unproven) >= unproven_share:
+            at = max(at, state.unproven[len(state.unproven) - unproven_share] + window.period)
         if at > now:
             raise BudgetExhausted(scope, at, now)
-        self._states[scope].sent.append(round(now, 3))
+        sent = round(now, 3)
+        state.sent.append(sent)
+        if unproven_share is not None:
+            state.unproven.append(sent)
+        return sent
+
+    def prove(self, scope: Scope, window: Window, sent: float) -> None:
+        """The unproven send at `sent` proved its caller: it stays counted in the window, no longer in the share."""
+        _remove(self._state(scope, window).unproven, sent)
+
+    def refund(self, scope: Scope, window: Window, sent: float) -> None:
+        """Give the send at `sent` back: it does not count against this scope (a quota, not a remote's limit)."""
+        state = self._state(scope, window)
+        _remove(state.sent, sent)
+        _remove(state.unproven, sent)
+
+    def forget_idle(self) -> None:
+        """Drop the scopes with nothing inside their window and no block: what keeps per-tenant quotas bounded."""
+        now = self.now()
+        for scope, state in list(self._states.items()):
+            self._state(scope, state.window)
+            if not state.sent and state.blocked_until <= now:
+                del self._states[scope]
 
     def record_rate_limited(self, scope: Scope, window: Window, retry_after: float | None) -> float:
         """A 429 arrived: block the scope and return until when."""
@@ -147,43 +204,13 @@ class RateBudget:
         return [(scope, state.window) for scope, state in self._states.items()]
 
 
+def _remove(times: deque[float], at: float) -> None:
+    """Remove one occurrence of `at` (kept sorted: the deque stays in send order)."""
+    with contextlib.suppress(ValueError):
+        times.remove(at)
+
+
 def _floats(values: object) -> list[float]:
     if not isinstance(values, list):
         return []
     return [float(v) for v in values if isinstance(v, int | float)]
-
-
-class Concurrency:
-    """Bounds remote calls in flight, per scope and overall, so that a thousand resources queue in order.
-
-    Without it every daemon fires at once and the HTTP pool, not the operator, decides who waits (and
-    times most of them out). A call first takes a slot of its scope (EMQX endpoint + deployment, CDN
-    endpoint + account), then one of the overall limit; asyncio's semaphores serve waiters first come,
-    first served. Scopes nobody uses are forgotten.
-    """
-
-    def __init__(self, per_scope: int = 2, overall: int = 32) -> None:
-        if per_scope < 1 or overall < 1:
-            raise ValueError("concurrency limits must be at least 1")
-        self.per_scope = per_scope
-        self.overall = overall
-        self._all = asyncio.Semaphore(overall)
-        self._scopes: dict[str, tuple[asyncio.Semaphore, int]] = {}
-
-    def in_flight(self) -> int:
-        """Calls holding a slot now (a gauge, and what the tests watch)."""
-        return self.overall - self._all._value
-
-    @contextlib.asynccontextmanager
-    async def slot(self, scope: str) -> AsyncIterator[None]:
-        semaphore, users = self._scopes.get(scope) or (asyncio.Semaphore(self.per_scope), 0)
-        self._scopes[scope] = (semaphore, users + 1)
-        try:
-            async with semaphore, self._all:
-                yield
-        finally:
-            semaphore, users = self._scopes[scope]
-            if users <= 1:
-                del self._scopes[scope]
-            else:
-                self._scopes[scope] = (semaphore, users - 1)

@@ -17,19 +17,34 @@ Every answer is HTTP 200 with `{"status", "message", "data"}`; the envelope is
 parsed once, in `_envelope`. 476 and 477 mean different things on add and
 update, as the provider's page says, so the error class depends on the call.
 
-Logins cannot ban the account (7 wrong passwords ban it for 3 hours):
+Logins cannot ban the account (7 wrong passwords ban it for 3 hours), and
+no tenant can lock another out:
 
-- one login at a time per endpoint + username: concurrent callers wait for
-  it and share its answer, a token or a refusal;
+- one login at a time per endpoint, username, password and namespace:
+  concurrent callers wait for it and share its answer, a token or a refusal.
+  A token is never shared with another namespace;
 - a refusal is remembered per endpoint + username + credentials-Secret
   identity (`CdnAccess.credentials_id`, "<uid>:<resourceVersion>"): that
   Secret is never tried again; a changed Secret gets exactly one login. The
   memory is exported as plain JSON (`export_login_state`) for the status of
-  the resources using the Secret, and restored after a restart or failover
-  (`restore_login_state`). It never holds a password or a hash of one;
-- a ban (403) is remembered until it ends, then one login is tried;
-- at most `MAX_REFUSALS` refused logins per endpoint + username in a ban
-  period, whatever the Secrets, and the token endpoint has its own budget.
+  the resources using the Secret, with its owner (namespace/Secret uid), and
+  restored after a restart or failover (`restore_login_state`): what another
+  owner recorded never denies this one anything but an unproven password's
+  try. It never holds a password or a hash of one;
+- a ban (403) answered here holds for everyone until it ends, then one login
+  is tried; a ban read from a status holds for its owner only;
+- an unproven password is tried only while fewer than `MAX_REFUSALS` (5)
+  refusals of the username are known in a ban period, whatever the Secrets;
+  a password that got a token (in this process, or for this very Secret
+  version by its owner's status) while fewer than `MAX_REFUSALS_PROVEN` (6),
+  counting only refusals seen here or its owner's: other passwords failing
+  never lock it out, and 7 is never reached;
+- the token endpoint has its own budget: unproven logins go through their
+  namespace's quota and a quarter of it (`BudgetGate.attempt`).
+
+API calls prove their credentials for the account by an envelope that is
+not 455 (a token of another account answers 455); until then they go
+through the same quota and share of the account's window.
 
 Every text taken from an answer goes through a `Scrubber` that knows the
 call's secrets (password, token, certificate and key sent).
@@ -42,7 +57,6 @@ strings); a certificate without them is an unexpected answer, never a time of 0.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import math
 import secrets
@@ -53,9 +67,12 @@ from typing import Any, ClassVar, Literal, TypeGuard, TypeVar
 
 import httpx
 
-from certsync.budget import CDN_PER_MINUTE, Scope, Window
+from certsync import fairshare
+from certsync.budget import CDN_PER_MINUTE, CDN_UNPROVEN_FRACTION, Scope, Window, unproven_share
 from certsync.remote import (
     DECODE_ERRORS,
+    Attempt,
+    Owner,
     RateLimitedError,
     RemoteClient,
     RemoteError,
@@ -77,6 +94,21 @@ MIN_TOKEN_LIFETIME_S = RENEW_MARGIN_S + 60.0
 MAX_TOKEN_CHARS = 4096
 BAN_SECONDS = 3 * 3600.0  # the provider bans an account this long after 7 wrong passwords
 MAX_REFUSALS = 5  # refused logins per endpoint + username within BAN_SECONDS, whatever the Secret: 2 below a ban
+MAX_REFUSALS_PROVEN = 6
+"""Refusals known below which a password that got a token may still be tried (one below the provider's ban): an
+unproven one stops at `MAX_REFUSALS`, so strangers' wrong passwords leave it its try, and 7 is never reached."""
+MAX_KNOWN_REFUSALS = 32
+"""Refusal times kept per username (the newest): far above both caps, so bounding them changes no decision."""
+MAX_RESTORED_REFUSALS = 16
+"""Refusal times taken from one restored state at most: a status may hold anything its tenant writes there."""
+CLOCK_SKEW_S = 60.0
+"""A restored time later than now by more than this is no time anything happened (a forged or broken status)."""
+MAX_SUCCEEDED = 8
+"""Passwords (and Secret versions) remembered per username as having got a token: the current one and a few before."""
+MAX_LOGIN_MEMORIES = 4096
+"""Usernames remembered before the quiet ones are dropped: junk usernames of every tenant cannot grow it for ever."""
+IN_FLIGHT_WAIT_S = 30.0
+"""When only logins in flight fill the refusal cap: wait about a call's deadline for their answers."""
 TOKEN_STALE_S = 5 * 60.0  # an envelope 455 on a token older than this means "token no longer valid"
 LOGIN_WINDOW = Window(limit=20, period=60.0)  # the token endpoint's own limit (providers.md)
 TaskStatus = Literal["no", "accepted", "processed", "failed"]
@@ -103,6 +135,14 @@ class CdnAccess:
 
     def login_key(self) -> tuple[str, str]:
         return (base_url(self.endpoint), self.username)
+
+    def owner(self) -> Owner:
+        """Whose credentials these are, for proofs and quotas: (namespace, credentials_id)."""
+        return (self.namespace, self.credentials_id)
+
+    def login_owner(self) -> str:
+        """Whose login state this is, as status records it: "<namespace>/<Secret uid>" (every version of it)."""
+        return f"{self.namespace}/{self.credentials_id.split(':', 1)[0]}"
 
     def secrets(self) -> tuple[str, ...]:
         return (self.password, self.token)
@@ -349,27 +389,47 @@ class _Token:
 
 
 @dataclass
+class _Refusal:
+    at: float  # when (Unix seconds, rounded as exported)
+    owner: str  # whose login was refused ("<namespace>/<uid>"); "" when restored as another owner's
+    seen: bool  # answered to this process, not read from a status
+
+
+@dataclass
 class _LoginMemory:
-    """What one endpoint + username has taught: refused Secrets, recent refusals, a ban. No password, no hash."""
+    """What one endpoint + username has taught: refused Secrets, recent refusals, bans, passwords that got a token,
+    logins in flight. No password, no hash (the tags are MACs keyed by this process only, never exported)."""
 
     refused_ids: dict[str, float] = field(default_factory=dict)  # credentials_id -> when refused
     refused_tags: set[str] = field(default_factory=set)  # process-keyed MACs of refused passwords (never exported)
-    refusals: list[float] = field(default_factory=list)  # when each refusal happened, any Secret
-    banned_until: float = 0.0
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    refusals: list[_Refusal] = field(default_factory=list)  # each refusal, any Secret, oldest first
+    banned_until: float = 0.0  # a 403 answered to this process: for every owner
+    restored_bans: dict[str, float] = field(default_factory=dict)  # owner -> a ban its own status recorded
+    succeeded: dict[str, float] = field(default_factory=dict)  # password tag -> when it got a token here
+    succeeded_ids: dict[str, float] = field(default_factory=dict)  # credentials_id -> when it got a token here
+    vouched: dict[str, float] = field(default_factory=dict)  # credentials_id -> a success its owner's status says
+    vouch_refused: bool = False  # a vouched password was refused here: statuses vouch for nothing more
+    in_flight: int = 0  # logins sent and not answered yet: counted as refusals until they are
+
+    def prune(self, now: float) -> None:
+        self.refusals = [r for r in self.refusals if r.at > now - BAN_SECONDS][-MAX_KNOWN_REFUSALS:]
 
 
 class CdnClient(RemoteClient):
-    """One client for every CDN resource: tokens are cached per endpoint, username and password."""
+    """One client for every CDN resource: tokens are cached per endpoint, username, password and namespace."""
 
     def __init__(self, *, per_minute: int = CDN_PER_MINUTE, login_window: Window = LOGIN_WINDOW, **common: Any) -> None:
         super().__init__(**common)
         self.window = Window(limit=per_minute, period=60.0)
         self.login_window = login_window
+        # What unproven callers of every namespace may send together: a quarter of each window.
+        self.share = unproven_share(self.window, CDN_UNPROVEN_FRACTION)
+        self.login_share = unproven_share(login_window, CDN_UNPROVEN_FRACTION)
         # The MAC key lives in this process only: a refused password is recognised here and nowhere else.
         self._tag_key = secrets.token_bytes(32)
-        self._tokens: dict[tuple[str, str, str], _Token] = {}  # (endpoint, username, password tag)
+        self._tokens: dict[tuple[str, str, str, str], _Token] = {}  # (endpoint, username, password tag, namespace)
         self._logins: dict[tuple[str, str], _LoginMemory] = {}
+        self._flights = fairshare.KeyedLocks()  # single flight per token key
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -385,12 +445,26 @@ class CdnClient(RemoteClient):
     def _tag(self, password: str) -> str:
         return hmac.new(self._tag_key, password.encode(), "sha256").hexdigest()
 
-    def _token_key(self, access: CdnAccess) -> tuple[str, str, str]:
-        """A token belongs to the credentials that obtained it: a new password logs in anew."""
-        return (*access.login_key(), self._tag(access.password))
+    def _token_key(self, access: CdnAccess) -> tuple[str, str, str, str]:
+        """A token belongs to the credentials and the namespace that obtained it: a new password logs in anew, and
+        another namespace never uses it (the same username and password there get a login of their own)."""
+        return (*access.login_key(), self._tag(access.password), access.namespace)
 
     def _memory(self, access: CdnAccess) -> _LoginMemory:
-        return self._logins.setdefault(access.login_key(), _LoginMemory())
+        key = access.login_key()
+        if key not in self._logins and len(self._logins) >= MAX_LOGIN_MEMORIES:
+            self._forget_quiet_logins()
+        return self._logins.setdefault(key, _LoginMemory())
+
+    def _forget_quiet_logins(self) -> None:
+        """Drop the usernames with nothing to count: no refusal within the ban period, no ban, no login in flight
+        (what else they held, a refused Secret version, their resources' statuses hold and restore)."""
+        now = self.clock()
+        for key, memory in list(self._logins.items()):
+            memory.prune(now)
+            quiet = not memory.refusals and memory.in_flight == 0 and memory.banned_until <= now
+            if quiet and not any(until > now for until in memory.restored_bans.values()):
+                del self._logins[key]
 
     def forget_refusal(self, access: CdnAccess) -> None:
         """These credentials may be tried once more (a person says they are fixed)."""
@@ -401,50 +475,82 @@ class CdnClient(RemoteClient):
     def export_login_state(self, access: CdnAccess) -> dict[str, Any]:
         """Plain JSON for the status of each resource using these credentials; `{}` when there is nothing to keep.
 
-        Holds the refusal of this Secret version (not of other Secrets: they may be in other namespaces),
-        the times of recent refusals of the username, and the ban's end. Times are Unix seconds.
+        Holds its owner ("<namespace>/<Secret uid>"), the refusal of this Secret version, or its success (so that
+        after a restart its password is not taken for a stranger's), the times of recent refusals of the username
+        (this owner's, and everyone else's without saying whose), and a ban's end. Times are Unix seconds.
         """
         memory = self._logins.get(access.login_key())
         if memory is None:
             return {}
-        now = self.clock()
+        now, me, cid = self.clock(), access.login_owner(), access.credentials_id
+        memory.prune(now)
         state: dict[str, Any] = {}
-        refused_at = memory.refused_ids.get(access.credentials_id) if access.credentials_id else None
+        refused_at = memory.refused_ids.get(cid) if cid else None
+        succeeded_at = (memory.succeeded_ids.get(cid) or memory.vouched.get(cid)) if cid else None
         if refused_at is not None:
-            state["refused"] = {"credentialsId": access.credentials_id, "at": round(refused_at, 3)}
-        recent = [round(t, 3) for t in memory.refusals if t > now - BAN_SECONDS]
-        if recent:
-            state["recentRefusals"] = recent
-        if memory.banned_until > now:
-            state["bannedUntil"] = round(memory.banned_until, 3)
+            state["refused"] = {"credentialsId": cid, "at": round(refused_at, 3)}
+        elif succeeded_at is not None:
+            state["succeeded"] = {"credentialsId": cid, "at": round(succeeded_at, 3)}
+        own = [round(r.at, 3) for r in memory.refusals if r.owner == me]
+        others = [round(r.at, 3) for r in memory.refusals if r.owner != me]
+        if own:
+            state["recentRefusals"] = own
+        if others:
+            state["otherRefusals"] = others
+        banned = max(memory.banned_until, memory.restored_bans.get(me, 0.0))
+        if banned > now:
+            state["bannedUntil"] = round(banned, 3)
         if state:
-            state.update({"endpoint": access.login_key()[0], "username": access.username})
+            state.update({"endpoint": access.login_key()[0], "username": access.username, "owner": me})
         return state
 
     def restore_login_state(self, access: CdnAccess, state: Mapping[str, Any]) -> None:
         """Merge a state exported before (by this or another replica) into what this process knows.
 
-        Ignored when it was recorded for another endpoint or username. A refusal recorded for another
-        version of the Secret does not hold for this one: the changed Secret gets its one login.
+        Ignored when it was recorded for another endpoint or username. Of another owner's state (or one that names
+        no owner) only the refusal of this very Secret version holds, and its refusal times count against
+        unproven passwords only. A refusal recorded for another version of the Secret does not hold for this
+        one: the changed Secret gets its one login.
         """
         if not isinstance(state, Mapping) or not state:
             return
         endpoint, username = access.login_key()
         if state.get("endpoint") != endpoint or state.get("username") != username:
             return
-        memory = self._memory(access)
+        memory, now, me, cid = self._memory(access), self.clock(), access.login_owner(), access.credentials_id
+        recorded = state.get("owner")
+        same = recorded == me
         refused = state.get("refused")
-        if isinstance(refused, Mapping) and isinstance(refused.get("credentialsId"), str):
+        if isinstance(refused, Mapping) and cid and refused.get("credentialsId") == cid and (same or not recorded):
             at = refused.get("at")
-            memory.refused_ids.setdefault(refused["credentialsId"], float(at) if _number(at) else self.clock())
-        recent = state.get("recentRefusals")
-        if isinstance(recent, list):
-            # As multisets: two refusals in the same millisecond are two refusals.
-            merged = Counter(memory.refusals) | Counter(float(t) for t in recent if _number(t))
-            memory.refusals = sorted(merged.elements())
+            memory.refused_ids.setdefault(cid, float(at) if _number(at) and math.isfinite(at) else now)
+        succeeded = state.get("succeeded")
+        if same and isinstance(succeeded, Mapping) and cid and succeeded.get("credentialsId") == cid:
+            at = _restored_time(succeeded.get("at"), now)
+            if at is not None and cid not in memory.refused_ids:
+                memory.vouched.setdefault(cid, at)
+                _bound(memory.vouched)
+        self._merge_refusals(memory, state.get("recentRefusals"), me if same else "", now)
+        self._merge_refusals(memory, state.get("otherRefusals"), "", now)
         banned = state.get("bannedUntil")
-        if _number(banned):
-            memory.banned_until = max(memory.banned_until, float(banned))
+        if same and _number(banned) and math.isfinite(banned):
+            memory.restored_bans[me] = max(memory.restored_bans.get(me, 0.0), min(float(banned), now + BAN_SECONDS))
+
+    @staticmethod
+    def _merge_refusals(memory: _LoginMemory, times: object, owner: str, now: float) -> None:
+        """Restored refusal times joined with those known, as multisets (one refusal exported by eight resources
+        is one refusal; two in the same millisecond are two); unknown ones are not seen here, and `owner`'s."""
+        if not isinstance(times, list):
+            return
+        valid = [round(float(t), 3) for t in times[:MAX_RESTORED_REFUSALS] if _restored_time(t, now) is not None]
+        for at, count in Counter(valid).items():
+            known = [r for r in memory.refusals if r.at == at]
+            for refusal in known:
+                if owner and not refusal.owner:
+                    refusal.owner = owner
+            memory.refusals.extend(_Refusal(at, owner, seen=False) for _ in range(count - len(known)))
+        memory.refusals.sort(key=lambda r: r.at)
+        memory.prune(now)
 
     async def token(self, access: CdnAccess) -> str:
         if access.token:
@@ -453,7 +559,7 @@ class CdnClient(RemoteClient):
         if cached:
             return cached.value
         memory = self._memory(access)
-        async with memory.lock:  # single flight: whoever waited here finds the answer of the login before
+        async with self._flights.hold(self._token_key(access)):  # whoever waited here finds the login's answer
             cached = self._fresh_token(access)
             if cached:
                 return cached.value
@@ -471,6 +577,13 @@ class CdnClient(RemoteClient):
         if held is not None and held.value == value:
             del self._tokens[key]
 
+    def _proven_password(self, access: CdnAccess, memory: _LoginMemory) -> bool:
+        """Got a token in this process (the budget's proof too), or for this Secret version by its owner's status
+        (for the refusal cap only, and only until one such password is refused here)."""
+        cid = access.credentials_id
+        vouched = bool(cid) and cid in memory.vouched and not memory.vouch_refused
+        return self._tag(access.password) in memory.succeeded or vouched
+
     def _refuse_known(self, access: CdnAccess, memory: _LoginMemory) -> None:
         """Raise, without any call, what the login would surely answer, or what must not be risked."""
         now = self.clock()
@@ -479,19 +592,26 @@ class CdnClient(RemoteClient):
             access.password
         ) in memory.refused_tags:
             raise LoginRefused(401, f"{who} was refused before; not retried until the credentials Secret changes")
-        if memory.banned_until > now:
+        banned = max(memory.banned_until, memory.restored_bans.get(access.login_owner(), 0.0))
+        if banned > now:
             raise AccountBanned(
                 403,
                 f"the account {access.username!r} is banned for too many wrong passwords; one login will be tried "
-                f"after the ban ends (in {memory.banned_until - now:.0f}s)",
-                retry_after=memory.banned_until - now,
+                f"after the ban ends (in {banned - now:.0f}s)",
+                retry_after=banned - now,
             )
-        memory.refusals = [t for t in memory.refusals if t > now - BAN_SECONDS]
-        if len(memory.refusals) >= MAX_REFUSALS:
-            wait = memory.refusals[0] + BAN_SECONDS - now
+        memory.prune(now)
+        if self._proven_password(access, memory):
+            me = access.login_owner()
+            counted, limit = [r.at for r in memory.refusals if r.seen or r.owner == me], MAX_REFUSALS_PROVEN
+        else:
+            counted, limit = [r.at for r in memory.refusals], MAX_REFUSALS
+        over = len(counted) + memory.in_flight - limit
+        if over >= 0:
+            wait = counted[over] + BAN_SECONDS - now if over < len(counted) else IN_FLIGHT_WAIT_S
             raise LoginRefused(
                 401,
-                f"{who}: {len(memory.refusals)} wrong passwords in the last {BAN_SECONDS / 3600:.0f} h; not trying "
+                f"{who}: {len(counted)} wrong passwords in the last {BAN_SECONDS / 3600:.0f} h; not trying "
                 f"another before {wait:.0f}s have passed (the provider bans the account after 7)",
                 retry_after=wait,
             )
@@ -499,22 +619,44 @@ class CdnClient(RemoteClient):
     async def _login(self, access: CdnAccess, memory: _LoginMemory) -> str:
         scrubber = Scrubber.of(*access.secrets())
         scope = self.scope(access, "login")
+        tag = self._tag(access.password)
         request = self._http.build_request(
             "POST",
             f"{base_url(access.endpoint)}/app/oauth/v1/token/",
             data={"username": access.username, "password": access.password},
         )
-        async with self.concurrency.slot(scope.target):
-            self.gate.acquire(scope, self.login_window)  # counted when sent, not when queued
-            response = await self.send(request, "cdn", "login")
+        proven = tag in memory.succeeded  # a password that got a token here spends the endpoint's window
+        async with self.gate.attempt(access.owner(), scope, self.login_window, self.login_share, proven=proven) as go:
+            self._refuse_known(access, memory)  # the wait for an unproven turn may have taught something
+            memory.in_flight += 1
+            try:
+                async with self.concurrency.slot(scope.target):
+                    go.send()  # counted when sent, not when queued
+                    response = await self.send(request, "cdn", "login")
+            finally:
+                memory.in_flight -= 1
+            return self._logged_in(access, memory, response, go, scrubber)
+
+    def _logged_in(
+        self, access: CdnAccess, memory: _LoginMemory, response: httpx.Response, go: Attempt, scrubber: Scrubber
+    ) -> str:
+        """What the token endpoint's answer teaches: a refusal, a ban, or a token (and a proven password)."""
         now = round(self.clock(), 3)  # as exported: a refusal read back from status is the same refusal
+        tag, cid = self._tag(access.password), access.credentials_id
         if response.status_code == 401:
-            if access.credentials_id:
-                memory.refused_ids[access.credentials_id] = now
-            memory.refused_tags.add(self._tag(access.password))
-            memory.refusals.append(now)
+            go.refused()
+            if cid:
+                memory.refused_ids[cid] = now
+                _bound(memory.refused_ids, MAX_KNOWN_REFUSALS)
+            memory.refused_tags.add(tag)
+            memory.refusals.append(_Refusal(now, access.login_owner(), seen=True))
+            memory.succeeded.pop(tag, None)
+            memory.succeeded_ids.pop(cid, None)
+            if memory.vouched.pop(cid, None) is not None:
+                memory.vouch_refused = True
             raise LoginRefused(401, f"wrong username or password for {access.username!r}")
         if response.status_code == 403:
+            go.refused()
             memory.banned_until = now + BAN_SECONDS
             said = short(_message(response), scrubber)
             raise AccountBanned(
@@ -523,7 +665,8 @@ class CdnClient(RemoteClient):
                 f"after {BAN_SECONDS:.0f}s",
                 retry_after=BAN_SECONDS,
             )
-        self._raise_for_http(response, scope, self.login_window, scrubber)
+        self._raise_for_http(response, go, scrubber)
+        go.proved()  # a 200 of the token endpoint: the credentials were taken (a token that cannot be used is not)
         body = _json(response)
         token = (body.get("token") or body.get("auth_token")) if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
@@ -540,17 +683,23 @@ class CdnClient(RemoteClient):
         lifetime = min(max(lifetime, MIN_TOKEN_LIFETIME_S), TOKEN_LIFETIME_S) if math.isfinite(lifetime) else 0.0
         lifetime = lifetime or TOKEN_LIFETIME_S
         memory.banned_until = 0.0
+        memory.restored_bans.pop(access.login_owner(), None)
+        memory.succeeded[tag] = now
+        _bound(memory.succeeded)
+        if cid:
+            memory.succeeded_ids.setdefault(cid, now)  # the first success: status is not rewritten each renewal
+            _bound(memory.succeeded_ids)
         self._tokens[self._token_key(access)] = _Token(token, now + min(lifetime, TOKEN_LIFETIME_S), now)
         return token
 
     # -- transport of API calls --
 
-    def _raise_for_http(self, response: httpx.Response, scope: Scope, window: Window, scrubber: Scrubber) -> None:
+    def _raise_for_http(self, response: httpx.Response, go: Attempt, scrubber: Scrubber) -> None:
         if response.status_code == 503:
             raise ServiceUnavailable(503, "service unavailable")
         if response.status_code == 429:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            raise CdnRateLimited(429, "rate limited", retry_after=self.gate.rate_limited(scope, window, retry_after))
+            raise CdnRateLimited(429, "rate limited", retry_after=go.rate_limited(retry_after))
         if response.status_code != 200:
             said = short(_message(response), scrubber)
             raise CdnInternalError(response.status_code, said or response.reason_phrase)
@@ -570,40 +719,64 @@ class CdnClient(RemoteClient):
         scrubber = Scrubber.of(*access.secrets(), key if isinstance(key, str) else None)
         kwargs: dict[str, Any] = {"sleep": self._sleep} if self._sleep else {}
         try:
-            data = await with_retries(
-                lambda: self._call_once(access, method, path, operation, body, scrubber),
-                self.retry,
-                idempotent=idempotent,
-                **kwargs,
-            )
+            # One attempt of the owner for the account: its retries and a token renewal's resend are part of it.
+            # A password that got a token is no stranger's: its first account call is not held to the share
+            # (which junk of other namespaces may fill), only to its namespace's quota, until it proves the account.
+            await self.token(access)  # first: a login never waits behind the account's unproven turn
+            logged_in = bool(access.password) and self._tag(access.password) in self._memory(access).succeeded
+            share = None if logged_in else self.share
+            async with self.gate.attempt(access.owner(), self.scope(access), self.window, share) as go:
+                data = await with_retries(
+                    lambda: self._call_once(access, method, path, operation, body, scrubber, go),
+                    self.retry,
+                    idempotent=idempotent,
+                    **kwargs,
+                )
             return parse(data, scrubber)
         except RemoteError as error:
             held = self._tokens.get(self._token_key(access)) if access.password else None
             raise error.scrubbed(scrubber.with_secrets(held.value if held else None)) from error.__cause__
 
     async def _call_once(
-        self, access: CdnAccess, method: str, path: str, operation: Operation, body: Any, scrubber: Scrubber
+        self,
+        access: CdnAccess,
+        method: str,
+        path: str,
+        operation: Operation,
+        body: Any,
+        scrubber: Scrubber,
+        go: Attempt,
     ) -> Any:
-        """Send once; a refused token (HTTP 401/405, or 455 on an old token) is renewed once and the call resent."""
+        """Send once; a refused token (HTTP 401/405, or 455 on an old token) is renewed once and the call resent.
+        An envelope other than 455 proves the credentials for the account; 401/405 drop a proof held."""
+        scope = self.scope(access)
         for renewed in (False, True):
             token = await self.token(access)
             with_token = scrubber.with_secrets(token)
-            scope = self.scope(access)
             url = f"{base_url(access.endpoint)}/app/ssl/v1/account/{access.account}/{path}"
             request = self._http.build_request(method, url, json=body, headers={"CDN-AUTH-TOKEN": token})
             call = f"{method} {path.split('/')[0]}"
             async with self.concurrency.slot(scope.target):
-                self.gate.acquire(scope, self.window)  # counted when sent, not when queued
+                go.send()  # counted when sent, not when queued
                 response = await self.send(request, "cdn", call)
             refused = response.status_code in (401, 405)
             if not refused:
-                self._raise_for_http(response, scope, self.window, with_token)
+                self._raise_for_http(response, go, with_token)
                 try:
-                    return _envelope(response, operation, with_token)
-                except NotAllowed:
+                    data = _envelope(response, operation, with_token)
+                except NotAllowed:  # 455: a token of another account, or (old) one no longer valid: no proof
                     if access.token or not self._stale(access, token):
                         raise
                     refused = True
+                except CdnInternalError:  # 550 or an answer in no known shape: proves nothing
+                    raise
+                except CdnApiError:  # the API read the request with these credentials and refused it
+                    go.proved()
+                    raise
+                else:
+                    go.proved()
+                    return data
+            go.refused()
             self._drop_token(access, token)
             if renewed or access.token:
                 code = response.status_code
@@ -702,6 +875,20 @@ def _raw(data: Any, scrubber: Scrubber) -> Any:
 
 def _number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _restored_time(value: object, now: float) -> float | None:
+    """A time read from a status: a finite number within the ban period before now (and not in the future)."""
+    if not _number(value) or not math.isfinite(value):
+        return None
+    at = float(value)
+    return at if now - BAN_SECONDS < at <= now + CLOCK_SKEW_S else None
+
+
+def _bound(times: dict[str, float], limit: int = MAX_SUCCEEDED) -> None:
+    """Keep the `limit` newest entries."""
+    for key, _ in sorted(times.items(), key=lambda item: item[1])[: max(0, len(times) - limit)]:
+        del times[key]
 
 
 def _list(data: Any) -> list[Any]:

@@ -18,7 +18,11 @@ a 404 on a create says that the deployment itself is missing (providers.md).
 `status` passes through as the remote's string; `phase()` classifies it.
 
 Every call passes through the shared rate budget first: 60 reads and 6
-writes per hour per endpoint and deployment (providers.md). Every text taken
+writes per hour per endpoint and deployment (providers.md). Credentials are
+proven for a deployment by an answer that is not 401/403 (and not a retryable
+failure); until then they go through their namespace's quota of one attempt a
+minute and at most one write and ten reads an hour of the deployment's window
+(`BudgetGate.attempt`), so junk keys naming a deployment never spend its budget. Every text taken
 from an answer goes through a `Scrubber` that knows the call's secrets (the API
 secret, its Basic credentials, the certificate and key sent), and so does every
 error leaving the client.
@@ -33,9 +37,11 @@ from typing import Any, Final, Literal, TypeVar
 
 import httpx
 
-from certsync.budget import EMQX_READ, EMQX_WRITE, Scope, Window
+from certsync.budget import EMQX_READ, EMQX_UNPROVEN_FRACTION, EMQX_WRITE, Scope, Window, unproven_share
 from certsync.remote import (
     DECODE_ERRORS,
+    Attempt,
+    Owner,
     RateLimitedError,
     RemoteClient,
     RemoteError,
@@ -246,10 +252,19 @@ class EmqxClient(RemoteClient):
     def __init__(self, *, read_window: Window = EMQX_READ, write_window: Window = EMQX_WRITE, **common: Any) -> None:
         super().__init__(**common)
         self.windows = {"read": read_window, "write": write_window}
+        # What unproven credentials may send of each window, all namespaces together (one write, ten reads).
+        self.shares = {k: unproven_share(w, EMQX_UNPROVEN_FRACTION) for k, w in self.windows.items()}
+
+    def restore_write_times(self, access: EmqxAccess, deployment_id: str, times: object) -> None:
+        """Write times read from a resource's status (`writeTimes`): they join the deployment's window once these
+        credentials are proven for it (at once if they are), never before: invented times in the status of a
+        resource naming someone else's deployment cannot stop that deployment's owner from writing."""
+        scope, window = self.scope(access, deployment_id, "PUT")
+        self.gate.restore_for(owner(access), scope, window, {"sent": times if isinstance(times, list) else []})
 
     def scope(self, access: EmqxAccess, deployment_id: str, method: str) -> tuple[Scope, Window]:
         method_class = "read" if method == "GET" else "write"
-        scope = Scope("emqx", access.endpoint, deployment_id, method_class)
+        scope = Scope("emqx", base_url(access.endpoint), deployment_id, method_class)  # one spelling, one budget
         return scope, self.windows[method_class]
 
     async def _call(
@@ -264,31 +279,44 @@ class EmqxClient(RemoteClient):
         scrubber = Scrubber.of(*access.secrets(), (body or {}).get("key"))  # certificates are public
         kwargs: dict[str, Any] = {"sleep": self._sleep} if self._sleep else {}
         try:
-            response = await with_retries(
-                lambda: self._call_once(access, method, deployment_id, body, scrubber),
-                self.retry,
-                idempotent=method == "GET",
-                **kwargs,
-            )
+            scope, window = self.scope(access, deployment_id, method)
+            # One attempt of the owner for the deployment, its retries included.
+            async with self.gate.attempt(owner(access), scope, window, self.shares[scope.method_class]) as go:
+                response = await with_retries(
+                    lambda: self._call_once(access, method, deployment_id, body, scrubber, go),
+                    self.retry,
+                    idempotent=method == "GET",
+                    **kwargs,
+                )
             return parse(response, scrubber)
         except RemoteError as error:
             raise error.scrubbed(scrubber) from error.__cause__
 
     async def _call_once(
-        self, access: EmqxAccess, method: str, deployment_id: str, body: dict[str, str] | None, scrubber: Scrubber
+        self,
+        access: EmqxAccess,
+        method: str,
+        deployment_id: str,
+        body: dict[str, str] | None,
+        scrubber: Scrubber,
+        go: Attempt,
     ) -> httpx.Response:
-        scope, window = self.scope(access, deployment_id, method)
         url = f"{base_url(access.endpoint)}/deployments/{deployment_id}/tls"
         request = self._http.build_request(method, url, json=body)
         auth = httpx.BasicAuth(access.api_key, access.api_secret)
-        async with self.concurrency.slot(scope.target):
-            self.gate.acquire(scope, window)  # counted when sent, not when queued: the remote counts so
+        async with self.concurrency.slot(go.scope.target):
+            go.send()  # counted when sent, not when queued: the remote counts so
             response = await self.send(request, "emqx", CALLS[method], auth=auth)
+        code = response.status_code
+        retry_after = None
+        if code in REFUSING:
+            go.refused()
+        elif code == 429:
+            retry_after = go.rate_limited(parse_retry_after(response.headers.get("Retry-After")))
+        elif not retryable_status(code):
+            go.proved()  # an answer past authentication: a 2xx, a 404 (no TLS, or no such deployment), other 4xx
         if response.is_success:
             return response
-        retry_after = None
-        if response.status_code == 429:
-            retry_after = self.gate.rate_limited(scope, window, parse_retry_after(response.headers.get("Retry-After")))
         raise error_for(method, response, retry_after, scrubber)
 
     async def get_tls(self, access: EmqxAccess, deployment_id: str) -> DeploymentTLSInfo:
@@ -307,6 +335,16 @@ class EmqxClient(RemoteClient):
 
     async def delete_tls(self, access: EmqxAccess, deployment_id: str) -> None:
         await self._call(access, "DELETE", deployment_id, None, _nothing)
+
+
+REFUSING = (401, 403)
+"""Answers that refuse the credentials for the deployment (a wrong key or secret; a key without this deployment):
+no proof. Any other answer that is not a retryable failure proves the credentials for the deployment."""
+
+
+def owner(access: EmqxAccess) -> Owner:
+    """Whose credentials these are: what proofs and unproven quotas are kept for."""
+    return (access.namespace, access.credentials_id)
 
 
 def _info(response: httpx.Response, scrubber: Scrubber) -> DeploymentTLSInfo:

@@ -25,6 +25,7 @@ status and time, never a header or a body.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import email.utils
 import json
@@ -33,13 +34,17 @@ import random
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Self, TypeVar
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 import httpx
 
-from certsync.budget import BudgetExhausted, Concurrency, RateBudget, Scope, Window
+from certsync import fairshare
+from certsync.budget import UNPROVEN_QUOTA, BudgetExhausted, RateBudget, Scope, Window
+from certsync.fairshare import RemoteSlots
 from certsync.scrub import GENERIC, MAX_MESSAGE, Scrubber
 from certsync.settings import EndpointError, normalise_endpoint
 
@@ -69,13 +74,23 @@ def tls_context(ca_file: str) -> ssl.SSLContext | None:
     return context
 
 
+class Slots(Protocol):
+    """What bounds the calls in flight (`fairshare.RemoteSlots`, or a test's own)."""
+
+    overall: int
+
+    def in_flight(self) -> int: ...
+
+    def slot(self, scope: str) -> AbstractAsyncContextManager[None]: ...
+
+
 def http_client(
-    concurrency: Concurrency,
+    concurrency: Slots,
     timeout: httpx.Timeout,
     transport: httpx.AsyncBaseTransport | None,
     verify: ssl.SSLContext | None = None,
 ) -> httpx.AsyncClient:
-    """A pool as large as the calls allowed in flight: requests wait in `Concurrency`'s fair queue, never here.
+    """A pool as large as the calls allowed in flight: requests wait in `RemoteSlots`' fair queue, never here.
 
     The pool timeout is short because it can only be reached if that invariant breaks. `trust_env` stays on:
     `HTTPS_PROXY`/`NO_PROXY` route the calls (a proxy gets a CONNECT; TLS still ends at the remote, verified
@@ -221,11 +236,101 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-@dataclass
-class BudgetGate:
-    """Applies the one `RateBudget` around each call of a client: acquire before, learn from 429."""
+Owner = tuple[str, str]
+"""Whose credentials a call carries: (namespace, credentials_id) of the access object ("<Secret uid>:<version>")."""
+MAX_PROOFS = 4096
+"""Proofs (owner and target) kept at most, the least recently used forgotten first: a forgotten owner proves itself
+again with one call through its namespace's quota, so the bound costs at most a call a minute, never a refusal."""
+MAX_PENDING_RESTORES = 1024
+"""Budget states restored from status and held until their owner proves itself, at most (oldest dropped)."""
+MAX_QUOTA_SCOPES = 1024
+"""Per-namespace quota windows held before the idle ones are dropped."""
 
-    budget: RateBudget = field(default_factory=RateBudget)
+
+class Attempt:
+    """One call of one owner to one target (its in-call retries and a token renewal's resend included), as the
+    gate admitted it.
+
+    A proven owner spends the target's window. An unproven one spends one attempt of its namespace's quota and a
+    send of the target's unproven share, both given back (the share's as a proven send) when the answer proves
+    the owner: `proved()`. `refused()` says the remote refused the credentials (a proof held is dropped)."""
+
+    def __init__(
+        self, gate: BudgetGate, owner: Owner, scope: Scope, window: Window, share: int | None, proven: bool
+    ) -> None:
+        self.gate, self.owner, self.scope, self.window, self.share = gate, owner, scope, window, share
+        self.proven = proven
+        self.quota_scope = Scope(scope.api, scope.endpoint, f"unproven {owner[0]}", scope.method_class)
+        self._sent: list[float] = []
+        self._quota_sent: float | None = None
+
+    def send(self) -> None:
+        """Count one send now (inside the remote slot: counted when sent), or raise `RateLimitedError` unsent."""
+        if self.proven:
+            self.gate.acquire(self.scope, self.window)
+            return
+        quotas, now = self.gate.quotas, self.gate.budget.now()
+        if self._quota_sent is None:
+            free_at = quotas.next_allowed(self.quota_scope, UNPROVEN_QUOTA, now)
+            if free_at > now:
+                raise RateLimitedError(
+                    f"not sent: credentials not proven for {self.scope.target} yet get one attempt a minute in their "
+                    f"namespace; the next is possible in {free_at - now:.0f}s",
+                    retry_after=free_at - now,
+                )
+        try:
+            self._sent.append(self.gate.budget.acquire(self.scope, self.window, unproven_share=self.share))
+        except BudgetExhausted as exhausted:
+            raise RateLimitedError(
+                f"not sent: the share of {self.scope} left to credentials not proven yet is used; the next call is "
+                f"possible in {exhausted.delay:.0f}s",
+                retry_after=exhausted.delay,
+            ) from exhausted
+        if self._quota_sent is None:
+            self._quota_sent = quotas.acquire(self.quota_scope, UNPROVEN_QUOTA)
+            if len(list(quotas.scopes())) > MAX_QUOTA_SCOPES:
+                quotas.forget_idle()
+
+    def proved(self) -> None:
+        """The answer was not an authentication refusal: the owner is proven for the target from now on."""
+        if not self.proven:
+            for sent in self._sent:
+                self.gate.budget.prove(self.scope, self.window, sent)
+            if self._quota_sent is not None:
+                self.gate.quotas.refund(self.quota_scope, UNPROVEN_QUOTA, self._quota_sent)
+            self._sent, self._quota_sent, self.proven = [], None, True
+        self.gate.prove(self.owner, self.scope.target)
+
+    def refused(self) -> None:
+        """The remote refused these credentials for the target: whatever proof they held is gone."""
+        self.gate.unprove(self.owner, self.scope.target)
+
+    def rate_limited(self, retry_after: float | None) -> float:
+        """A 429: a proven caller blocks the target, an unproven one only its namespace's quota. Seconds to wait."""
+        if self.proven:
+            return self.gate.rate_limited(self.scope, self.window, retry_after)
+        # Without Retry-After the remote's window is full for these credentials: wait that window, not the quota's.
+        wait = retry_after if retry_after is not None else self.window.period
+        until = self.gate.quotas.record_rate_limited(self.quota_scope, UNPROVEN_QUOTA, wait)
+        return max(0.0, until - self.gate.budget.now())
+
+
+class BudgetGate:
+    """Applies the one `RateBudget` around each call of a client: acquire before, learn from 429; and decides
+    which owners are proven for which target (memory only: a status, which its tenant may write, proves nothing).
+
+    Proof: an authenticated call of the owner for the target got an answer that is not an authentication refusal
+    (the client says which answers are). Unproven owners go one at a time per namespace, API, endpoint and method
+    class (`attempt`): the second finds the first's answer (proven, or the quota spent) instead of a second call.
+    """
+
+    def __init__(self, budget: RateBudget | None = None) -> None:
+        self.budget = budget or RateBudget()
+        # Quotas of unproven owners per namespace: their own windows, on the budget's clock, never in metrics.
+        self.quotas = RateBudget(clock=self.budget.now)
+        self._proofs: OrderedDict[tuple[Owner, str], None] = OrderedDict()
+        self._pending: OrderedDict[tuple[Owner, Scope], tuple[Window, dict[str, object]]] = OrderedDict()
+        self._turns = fairshare.KeyedLocks()  # one unproven call at a time per namespace and scope
 
     def acquire(self, scope: Scope, window: Window) -> None:
         try:
@@ -236,6 +341,62 @@ class BudgetGate:
     def rate_limited(self, scope: Scope, window: Window, retry_after: float | None) -> float:
         until = self.budget.record_rate_limited(scope, window, retry_after)
         return max(0.0, until - self.budget.now())
+
+    # -- proofs --
+
+    def is_proven(self, owner: Owner, target: str) -> bool:
+        key = (owner, target)
+        if key in self._proofs:
+            self._proofs.move_to_end(key)
+            return True
+        return False
+
+    def prove(self, owner: Owner, target: str) -> None:
+        self._proofs[(owner, target)] = None
+        self._proofs.move_to_end((owner, target))
+        while len(self._proofs) > MAX_PROOFS:
+            self._proofs.popitem(last=False)
+        for key in [k for k in self._pending if k[0] == owner and k[1].target == target]:
+            window, data = self._pending.pop(key)
+            self.budget.restore(key[1], window, data)
+
+    def unprove(self, owner: Owner, target: str) -> None:
+        self._proofs.pop((owner, target), None)
+
+    def forget_owner(self, owner: Owner) -> None:
+        """Everything known of `owner` (its resources are gone, or its Secret changed)."""
+        for key in [k for k in self._proofs if k[0] == owner]:
+            del self._proofs[key]
+        for pending in [k for k in self._pending if k[0] == owner]:
+            del self._pending[pending]
+
+    def restore_for(self, owner: Owner, scope: Scope, window: Window, data: dict[str, object]) -> None:
+        """`RateBudget.restore` of state read from `owner`'s status, applied only once `owner` is proven for the
+        scope's target: a tenant naming another's deployment cannot fill its window with invented send times."""
+        if self.is_proven(owner, scope.target):
+            self.budget.restore(scope, window, data)
+            return
+        self._pending[(owner, scope)] = (window, data)
+        self._pending.move_to_end((owner, scope))
+        while len(self._pending) > MAX_PENDING_RESTORES:
+            self._pending.popitem(last=False)
+
+    @contextlib.asynccontextmanager
+    async def attempt(
+        self, owner: Owner, scope: Scope, window: Window, share: int | None, *, proven: bool | None = None
+    ) -> AsyncIterator[Attempt]:
+        """Admit one call of `owner` to `scope`: at once when proven (`proven` overrides the gate's own memory,
+        e.g. a password that got a token before), else after the unproven call of its namespace before it.
+
+        `share`: the sends of the target's window unproven callers may hold together; None for credentials the
+        remote already took elsewhere (a password that got a token): only their namespace's quota holds them."""
+        if proven if proven is not None else self.is_proven(owner, scope.target):
+            yield Attempt(self, owner, scope, window, share, proven=True)
+            return
+        turn = Scope(scope.api, scope.endpoint, f"unproven {owner[0]}", scope.method_class)
+        async with self._turns.hold(turn):  # the worker is lent out while another unproven call is answered
+            known = proven if proven is not None else self.is_proven(owner, scope.target)
+            yield Attempt(self, owner, scope, window, share, proven=known)
 
 
 Observer = Callable[[str, str, str, float], None]
@@ -358,7 +519,7 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 class RemoteClient:
-    """What both API clients hold: one pool sized by the shared `Concurrency`, the shared budget behind a
+    """What both API clients hold: one pool sized by the shared `RemoteSlots`, the shared budget behind a
     `BudgetGate`, the retry policy for reads, and the observer told of every request (metrics).
 
     `verify`: the TLS context the remotes' certificates are checked with (`tls_context`); None: httpx's."""
@@ -372,7 +533,7 @@ class RemoteClient:
         retry: RetryPolicy = DEFAULT_RETRY,
         sleep: Sleep | None = None,
         observe: Observer = no_observer,
-        concurrency: Concurrency | None = None,
+        concurrency: Slots | None = None,
         verify: ssl.SSLContext | None = None,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
         call_deadline: float = CALL_DEADLINE_S,
@@ -380,11 +541,15 @@ class RemoteClient:
         self.observe = observe
         self.max_answer_bytes = max_answer_bytes
         self.call_deadline = call_deadline
-        self.concurrency = concurrency or Concurrency()
+        self.concurrency: Slots = concurrency or RemoteSlots()
         self.retry = retry
         self._sleep = sleep
         self._http = http_client(self.concurrency, timeout, transport, verify)
         self.gate = BudgetGate(budget or RateBudget())
+
+    def forget_owner(self, namespace: str, credentials_id: str) -> None:
+        """Drop what is known of these credentials (proofs, held state): their resources are gone."""
+        self.gate.forget_owner((namespace, credentials_id))
 
     async def send(
         self, request: httpx.Request, api: str, call: str, *, auth: httpx.Auth | None = None
@@ -418,5 +583,6 @@ async def with_retries(
         except (ServiceUnavailable, TransportError) as error:
             if not idempotent or attempt + 1 >= policy.attempts or isinstance(error, AnswerRefused):
                 raise
-            await sleep(policy.delay(attempt))
+            async with fairshare.released():  # a backoff is a wait, not work: the worker is lent out meanwhile
+                await sleep(policy.delay(attempt))
     raise AssertionError("unreachable: the loop returns or raises")
