@@ -73,8 +73,12 @@ class FakeKube:
         private = key if key is not None else cert.key_pem()  # type: ignore[union-attr]
         self.secrets[(NS, name)] = SecretView("kubernetes.io/tls", {"tls.crt": pem, "tls.key": private})
 
-    def put(self, name: str, **values: str) -> None:
-        self.secrets[(NS, name)] = SecretView("Opaque", {k: v.encode() for k, v in values.items()})
+    def put(self, name: str, namespace: str = NS, **values: str) -> None:
+        """An Opaque Secret; each put is a new version of it (the uid stays, as for an edit)."""
+        old = self.secrets.get((namespace, name))
+        version = str(int(old.version) + 1) if old is not None and old.version.isdigit() else "1"
+        uid = old.uid if old is not None else f"uid-{namespace}-{name}"
+        self.secrets[(namespace, name)] = SecretView("Opaque", {k: v.encode() for k, v in values.items()}, uid, version)
 
 
 @dataclass
@@ -100,9 +104,12 @@ class World:
         self.kube.put_tls(name, chain.pem, chain.leaf.key_pem())
         return chain
 
-    async def sync(self, plural: str, name: str, spec: dict[str, Any], created: str = "2026-01-01T00:00:00Z") -> Any:
+    async def sync(
+        self, plural: str, name: str, spec: dict[str, Any], created: str = "2026-01-01T00:00:00Z", namespace: str = NS
+    ) -> Any:
         """One pass, as a freshly started operator would make it (status only from the API server)."""
-        resource = Resource(plural, NS, name, f"uid-{name}", 1, created, spec, dict(self.kube.status.get(name, {})))
+        status = dict(self.kube.status.get(name, {}))
+        resource = Resource(plural, namespace, name, f"uid-{name}", 1, created, spec, status)
         return await SYNCS[plural](self.rt, resource)
 
     def status(self, name: str) -> dict[str, Any]:
@@ -256,17 +263,19 @@ async def test_two_resources_on_one_deployment_the_younger_stalls_without_a_call
     target = deploymenttls.target_of(spec)
     older, younger = Claim("2026-01-01T00:00:00Z", NS, "first"), Claim("2026-02-01T00:00:00Z", NS, "second")
     world.claims[("deploymenttlses", target)] = [older, younger]
+    await world.sync("deploymenttlses", "first", spec, created=older.created)  # writes: its credentials are proven
+    before = len(calls(emqx))
     await world.sync("deploymenttlses", "second", spec, created=younger.created)
-    assert world.ready("second") == ("False", "TargetConflict") and calls(emqx) == []
+    assert world.ready("second") == ("False", "TargetConflict") and len(calls(emqx)) == before
     assert "team-a/first" in world.status("second")["conditions"][0]["message"]
-    # An older claim of another namespace is not named to this one (neither its namespace nor its name).
+    # An older proven claim of another namespace is not named to this one (neither its namespace nor its name).
     world.claims[("deploymenttlses", target)] = [Claim("2025-01-01T00:00:00Z", "team-b", "squat"), younger]
+    world.rt.proofs.prove(("deploymenttlses", "team-b", "squat"), target)
     await world.sync("deploymenttlses", "second", spec, created=younger.created)
     message = world.status("second")["conditions"][0]["message"]
     assert "a resource in another namespace" in message and "team-b" not in message and "squat" not in message
     world.claims[("deploymenttlses", target)] = [older, younger]
     # deleting the younger one never touches the older one's certificate
-    await world.sync("deploymenttlses", "first", spec, created=older.created)
     resource = Resource("deploymenttlses", NS, "second", "uid", 1, younger.created, {**spec, "deletionPolicy": "Delete"},
                         dict(world.status("second")))  # fmt: skip
     assert await deletion.delete(world.rt, resource, None, 0) is None
@@ -359,14 +368,16 @@ async def test_spec_seq_wins_over_the_seq_in_status(world: World, cdn: Emulator)
 async def test_an_order_that_fails_gives_the_account_slot_back(
     world: World, cdn: Emulator, failing: dict[str, Any]
 ) -> None:
-    """A resource whose order fails must not queue the account's other orders behind it."""
-    world.kube.secrets[(NS, "junk-creds")] = SecretView("Opaque", {"token": b"junk-token"}, uid="u", version="1")
+    """A resource whose order fails must not queue the account's other orders behind it (another tenant's: the
+    unproven credentials of one namespace share a small quota of their own)."""
+    world.kube.secrets[("team-b", "junk-creds")] = SecretView("Opaque", {"token": b"junk-token"}, uid="u", version="1")
+    world.kube.put("cdn-creds", namespace="team-b", username=CDN_USER, password=CDN_PASSWORD)
     squat = {**cdn_spec(cdn), **failing}
     victim = {**cdn_spec(cdn), "resourceId": "res1"}
     for spec in (squat, victim):
         spec.pop("secretName")
     with pytest.raises(RemoteError):
-        await world.sync("letsencryptorders", "squat", squat, created="2025-01-01T00:00:00Z")
+        await world.sync("letsencryptorders", "squat", squat, created="2025-01-01T00:00:00Z", namespace="team-b")
     assert world.rt.order_slots == {}
     await world.sync("letsencryptorders", "victim", victim)
     assert world.ready("victim") == ("False", "Pending") and len(cdn.state.orders) == 1
@@ -623,6 +634,39 @@ async def test_a_refused_cdn_login_is_kept_in_status_as_the_crd_declares_it(worl
     login = world.status("shop")["cdnLogin"]
     assert login["username"] == CDN_USER and login["refused"]["credentialsId"] and login["recentRefusals"]
     assert world.ready("shop") == ("False", "CredentialsInvalid")
+
+
+async def test_a_stop_right_after_a_refused_login_is_recorded_never_costs_a_second_login(
+    world: World, cdn: Emulator
+) -> None:
+    """The refusal is part of the patch that says CredentialsInvalid: a SIGTERM at that moment (measured from
+    outside: `kubectl wait --for=condition=Stalled`, then a stop) must not leave a status without it, or the next
+    process tries the refused password again."""
+    from certsync import handlers
+
+    world.trusted_tls("shop-tls", "www.shop.example")
+    world.kube.put("cdn-creds", username=CDN_USER, password="not-the-password")
+    stopped: list[bool] = []
+
+    def dies_after_the_stall(patch: Mapping[str, Any]) -> bool:
+        """Every patch after the one that says Stalled fails: the process is gone."""
+        if stopped:
+            return True
+        stalled = [c for c in patch.get("conditions", []) if c["type"] == "Stalled" and c["status"] == "True"]
+        stopped.extend(True for _ in stalled)
+        return False
+
+    world.kube.fail = dies_after_the_stall
+    resource = Resource("cdncertificates", NS, "shop", "uid-shop", 1, "t", cdn_spec(cdn), {})
+    await handlers.one_pass(world.rt, resource, 0)
+    assert stopped and world.ready("shop") == ("False", "CredentialsInvalid")
+    world.kube.fail = lambda patch: False
+    await world.rt.cdn.aclose()
+    world.rt.cdn = CdnClient(budget=cdn.budget())  # the next process: what it knows comes from status
+    restarted = Resource("cdncertificates", NS, "shop", "uid-shop", 1, "t", cdn_spec(cdn), dict(world.status("shop")))
+    await handlers.one_pass(world.rt, restarted, 0)
+    logins = [c for c in cdn.state.core.calls if "oauth" in c.path]
+    assert len(logins) == 1 and world.ready("shop") == ("False", "CredentialsInvalid")
 
 
 async def test_a_retried_deletion_says_the_same_thing_each_time_so_its_events_are_counted(

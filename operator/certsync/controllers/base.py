@@ -16,10 +16,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from certsync.accounts import AccountBook
 from certsync.budget import RateBudget
 from certsync.cdn import CdnClient
 from certsync.emqx import EmqxClient
-from certsync.kube import KubeLayer, ObjectRef
+from certsync.fairshare import KeyedLocks, WorkerPool
+from certsync.kube import KubeError, KubeLayer, ObjectRef
 from certsync.metrics import Metrics
 from certsync.reconcile.conditions import State, conditions, first_seen, jittered, parse_time, poll_delay
 from certsync.reconcile.record import Intent
@@ -32,6 +34,36 @@ T = TypeVar("T")
 MAX_TEXT = 1024  # a condition or Event message: scrubbed, then cut
 log = logging.getLogger("certsync")
 Owners = Callable[[str, str], list[Claim]]  # (plural, target key) -> every resource that names it
+Key = tuple[str, str, str]  # (plural, namespace, name)
+CLAIMANT_WAIT_S = 5.0  # how soon a resource waiting for an older claimant's first pass in this process looks again
+CONFLICT_RECHECK_S = 300.0  # a TargetConflict costs no call: looked at again in case the owner's proof lapsed
+
+
+@dataclass
+class Proofs:
+    """Which resource proved its credentials for which target, in this process: memory only, never status.
+
+    A target (deployment, CDN account, order account) is owned only through credentials that got an authenticated
+    answer for it; spec text and status (a tenant may write its own /status) prove nothing. `passed` says whose
+    pass ended in this process: an older claimant that has not had one yet may still prove (right after a restart),
+    one that had one and proved nothing is no claimant.
+    """
+
+    proven: dict[Key, set[str]] = field(default_factory=dict)
+    passed: set[Key] = field(default_factory=set)
+
+    def prove(self, key: Key, target: str) -> None:
+        self.proven.setdefault(key, set()).add(target)
+
+    def holds(self, key: Key, target: str) -> bool:
+        return target in self.proven.get(key, ())
+
+    def revoke(self, key: Key) -> None:
+        self.proven.pop(key, None)
+
+    def forget(self, key: Key) -> None:
+        self.proven.pop(key, None)
+        self.passed.discard(key)
 
 
 @dataclass
@@ -51,14 +83,21 @@ class Runtime:
     # Credentials that last worked, per resource: a deletion after its Secret is gone still removes the remote
     # certificate. Memory only, never written anywhere.
     last_credentials: dict[tuple[str, str, str], Any] = field(default_factory=dict)
-    # Resource Let's Encrypt orders run one at a time per account: (endpoint, account) -> the order holding it.
+    # Resource Let's Encrypt orders run one at a time per account. A slot is held only while a pass places an
+    # order (list before, then the POST): (endpoint|account) -> that pass's resource, released when the pass ends.
     order_slots: dict[str, Claim] = field(default_factory=dict)
+    # Resource orders the remote said are running, per account (endpoint|account): learnt by a pass from an
+    # authenticated answer (its own POST, or the task status), dropped when done, failed, or the resource deleted.
+    orders_running: dict[str, dict[Key, Claim]] = field(default_factory=dict)
+    proofs: Proofs = field(default_factory=Proofs)
     cdn_lists: dict[str, tuple[float, Any]] = field(default_factory=dict)
     # Writes in flight with their record: a clean stop lets them finish before closing the clients.
     writes: set[asyncio.Future[Any]] = field(default_factory=set)
-    cdn_list_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    # Passes running at once: a thousand daemons take turns instead of crowding the loop (and the Lease renewal).
-    workers: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(32))
+    accounts: AccountBook = field(default_factory=AccountBook)  # ClusterRemoteAccounts and namespaces, from kopf
+    cdn_list_locks: KeyedLocks = field(default_factory=KeyedLocks)  # one list call per account and owner at a time
+    # Passes running at once: a thousand daemons take turns (round-robin by namespace) instead of crowding the
+    # loop (and the Lease renewal); a pass lends its worker out while it waits on a remote.
+    workers: WorkerPool = field(default_factory=WorkerPool)
     # Set by the cleanup before the clients close: kopf may still run (or respawn) a daemon then, and a pass
     # failing on a closed client must not overwrite the last whole pass's status.
     closing: bool = False
@@ -66,10 +105,14 @@ class Runtime:
     def forget(self, key: tuple[str, str, str]) -> None:
         """A deleted resource leaves nothing behind in memory."""
         self.last_credentials.pop(key, None)
-        claim = Claim("", key[1], key[2])
+        self.proofs.forget(key)
         for slot, holder in list(self.order_slots.items()):
-            if (holder.namespace, holder.name) == (claim.namespace, claim.name):
+            if key[0] == "letsencryptorders" and (holder.namespace, holder.name) == key[1:]:
                 del self.order_slots[slot]
+        for account, running in list(self.orders_running.items()):
+            running.pop(key, None)
+            if not running:
+                del self.orders_running[account]
 
 
 KINDS = {
@@ -95,6 +138,7 @@ class Resource:
     forced: bool = False
     endpoint: str = ""  # the normalised endpoint, set by `precheck`: the only form used for calls and targets
     cdn: Any = None  # the CDN access of this pass, once built: its login state is kept in status afterwards
+    proved: bool = False  # this pass got an authenticated answer for one of the resource's targets
     # Ready as the pass began: what `finish` compares with (a write's record may already carry the new one).
     ready_before: dict[str, Any] = field(init=False, default_factory=dict)
 
@@ -162,7 +206,7 @@ async def finish(
     """Record the pass's result (status written only when it changes) and say when to look again."""
     state = State(state.kind, state.reason, GENERIC.short(state.message, MAX_TEXT))
     old_ready = r.ready_before
-    await record(rt, r, {**updates, **settled(rt, r, state)})
+    await record(rt, r, {**updates, **login_state(rt, r), **settled(rt, r, state)})
     kind = KINDS[r.plural]
     rt.metrics.reconciles.labels(kind, state.kind).inc()
     # The last sync: status.lastSyncTime (the remote last read or written in sync, kept across restarts) where
@@ -210,7 +254,7 @@ async def guarded_write(
                 raise
             raise OutcomeUnknown(f"{error.message}; the write's outcome is unknown: reading before any retry",
                                  retry_after=error.retry_after) from error  # fmt: skip
-        await record(rt, r, {**outcome(result), "intent": None})
+        await record(rt, r, {**outcome(result), **login_state(rt, r), "intent": None})  # one patch for all
         return result
 
     task = asyncio.ensure_future(write_and_record())
@@ -271,11 +315,79 @@ def precheck(rt: Runtime, r: Resource, default_endpoint: str = "") -> State | No
     return None
 
 
-def conflict(rt: Runtime, r: Resource, target: str, what: str) -> State | None:
-    """`TargetConflict` unless this resource is the oldest of those naming `target`."""
-    from certsync.reconcile.targets import conflict_message, owner
+def conflict(rt: Runtime, r: Resource, target: str, what: str, proof: str | None = None) -> State | None:
+    """Whether an older claimant of `target` keeps this resource off it; None when this one may go on.
 
-    holder = owner([*rt.owners(r.plural, target), r.claim])
-    if holder is None or (holder.namespace, holder.name) == (r.namespace, r.name):
-        return None
-    return State("stalled", "TargetConflict", conflict_message(what, holder, r.namespace))
+    Only a claim whose resource proved its credentials for `proof` (the target itself unless given, e.g. the
+    CDN account of a seq) in this process counts: `TargetConflict` names the oldest such one. An older claimant
+    that has not finished a pass in this process yet (right after a restart) makes this one wait a little
+    (`Queued`): it may prove. One that finished a pass without proving is no claimant at all.
+    """
+    from certsync.reconcile.targets import conflict_message, waiting_message
+
+    proof = proof or target
+    older = [c for c in rt.owners(r.plural, target) if c < r.claim and (c.namespace, c.name) != (r.namespace, r.name)]
+    proven = [c for c in older if rt.proofs.holds((r.plural, c.namespace, c.name), proof)]
+    if proven:
+        return State("stalled", "TargetConflict", conflict_message(what, min(proven), r.namespace))
+    unseen = [c for c in older if (r.plural, c.namespace, c.name) not in rt.proofs.passed]
+    if unseen:
+        return State("reconciling", "Queued", waiting_message(what, min(unseen), r.namespace))
+    return None
+
+
+async def stop_for(rt: Runtime, r: Resource, clash: State) -> float | None:
+    """End the pass on a conflict: a wait for an older claimant's first pass is short, a conflict is looked at
+    again now and then (the owner's proof may lapse; it costs no call)."""
+    return await finish(rt, r, clash, {}, CONFLICT_RECHECK_S if clash.kind == "stalled" else CLAIMANT_WAIT_S)
+
+
+def prove(rt: Runtime, r: Resource, target: str) -> None:
+    """This pass got an authenticated answer for `target` with the resource's credentials: it may own it."""
+    rt.proofs.prove(r.key, target)
+    r.proved = True
+
+
+def unproven_with_rivals(rt: Runtime, r: Resource, target: str, proof: str | None = None) -> bool:
+    """Another resource names `target` and this one has not proven `proof` in this process (a restart): a pass
+    with nothing to do must then make its one cheap read, or the rival would take the target from its owner."""
+    if rt.proofs.holds(r.key, proof or target):
+        return False
+    return any((c.namespace, c.name) != (r.namespace, r.name) for c in rt.owners(r.plural, target))
+
+
+def login_state(rt: Runtime, r: Resource) -> dict[str, Any]:
+    """What the CDN client learnt of this pass's login, as a status update (empty when status says it already).
+
+    Part of the pass's last status patch: a stop right after `CredentialsInvalid` is recorded must not lose the
+    refusal (the next process would try the refused password again)."""
+    if r.cdn is None:
+        return {}
+    state = rt.cdn.export_login_state(r.cdn) or None
+    return {} if state == r.status.get("cdnLogin") else {"cdnLogin": state}
+
+
+async def tracked(rt: Runtime, r: Resource, run: Callable[[], Awaitable[float | None]]) -> float | None:
+    """Run one pass and keep, in memory, what it says of the resource's claims: it finished a pass in this
+    process, and its proofs lapse when it proved nothing and ended refused or stalled (credentials refused, a
+    Secret missing, a bad input): such a resource holds no target. A transient failure keeps earlier proofs."""
+    r.proved = False
+    try:
+        delay = await run()
+    except Exception as error:
+        refused = (isinstance(error, RemoteError) and not error.retryable) or (
+            isinstance(error, KubeError) and not error.transient
+        )
+        _ended(rt, r, lapse=refused)
+        raise
+    conditions = r.status.get("conditions", [])
+    if any(c.get("type") == "Ready" and c.get("reason") == "Queued" for c in conditions):
+        return delay  # it waited for another resource and tried nothing: not yet a pass that could have proved
+    _ended(rt, r, lapse=any(c.get("type") == "Stalled" and c.get("status") == "True" for c in conditions))
+    return delay
+
+
+def _ended(rt: Runtime, r: Resource, lapse: bool) -> None:
+    if lapse and not r.proved:
+        rt.proofs.revoke(r.key)
+    rt.proofs.passed.add(r.key)

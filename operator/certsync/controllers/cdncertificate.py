@@ -6,8 +6,9 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from certsync import pki
+from certsync import accounts, pki
 from certsync.cdn import CdnAccess, CdnCertificateInfo, CertificateExists, RecordNotFound
+from certsync.controllers import remoteaccount
 from certsync.controllers.base import (
     Resource,
     Runtime,
@@ -16,9 +17,14 @@ from certsync.controllers.base import (
     event,
     finish,
     guarded_write,
+    login_state,
     precheck,
+    prove,
     record,
     settled,
+    stop_for,
+    tracked,
+    unproven_with_rivals,
 )
 from certsync.reconcile import Problem, State, TLSMaterial, check_tls_secret, credentials, credentials_id
 from certsync.reconcile import cdn as rc
@@ -35,50 +41,80 @@ def target_of(spec: Mapping[str, Any]) -> str:
 
 async def cdn_access(rt: Runtime, r: Resource) -> CdnAccess | Problem:
     """The account's access from the credentials Secret, with every login refusal recorded for that Secret."""
-    name = r.spec["credentialsSecretRef"]["name"]
-    secret = await rt.kube.read_secret(r.namespace, name)
+    # Through a ClusterRemoteAccount the Secret is the account's, and so is the owner of the login.
+    secret_ns, name, owner = accounts.credentials_location(r.namespace, r.spec)
+    secret = await rt.kube.read_secret(secret_ns, name) if secret_ns else None
     creds = credentials(name, secret, [("token",), ("username", "password")])
     if isinstance(creds, Problem) or secret is None:
         return creds if isinstance(creds, Problem) else Problem("SecretNotFound", f"Secret {name!r} not found")
     access = CdnAccess(
         r.endpoint or endpoint_of(r.spec, DEFAULT_ENDPOINT), str(r.spec["account"]),
         username=creds.get("username", ""), password=creds.get("password", ""), token=creds.get("token", ""),
-        credentials_id=credentials_id(secret), namespace=r.namespace,
+        credentials_id=credentials_id(secret), namespace=owner,
     )  # fmt: skip
-    # A refusal recorded by any resource using this Secret (before a restart, by another replica) holds here.
-    for state in [r.status.get("cdnLogin") or {}, *rt.login_states(r.namespace, name)]:
-        rt.cdn.restore_login_state(access, state)
+    # A refusal recorded by a resource using this Secret (before a restart, by another replica) holds here, but
+    # only a state of the same owner (namespace and Secret uid): a status is written by its tenant, who may write
+    # anything there, and must never decide for another tenant's login.
+    states = [r.status.get("cdnLogin") or {}, *rt.login_states(r.namespace, name)]
+    if owner != r.namespace:  # an account's login state is the account's own status, which no tenant writes
+        states = remoteaccount.login_states(rt, r.spec)
+    for state in states:
+        if same_owner(state, owner, secret.uid):
+            rt.cdn.restore_login_state(access, state)
     r.cdn = access
     return access
 
 
+def same_owner(state: Mapping[str, Any], namespace: str, uid: str) -> bool:
+    """Whether a recorded login state is of the credentials Secret `namespace`/`uid` (its `owner`, or the Secret
+    version its refusal names); a state that names no owner is nobody's to restore."""
+    if not isinstance(state, Mapping) or not uid:
+        return False
+    owner = state.get("owner")
+    if isinstance(owner, str):
+        return owner == f"{namespace}/{uid}"
+    refused = state.get("refused")
+    refused_id = refused.get("credentialsId") if isinstance(refused, Mapping) else None
+    return isinstance(refused_id, str) and refused_id.startswith(f"{uid}:")
+
+
 async def keep_login_state(rt: Runtime, r: Resource) -> None:
     """After a pass that used the CDN: what the client learnt of its login goes to status, so that a restart
-    or another replica never tries a refused password again."""
-    if r.cdn is None:
-        return
-    state = rt.cdn.export_login_state(r.cdn) or None
-    if state != r.status.get("cdnLogin"):
-        await record(rt, r, {"cdnLogin": state})
+    or another replica never tries a refused password again (`finish` already writes it with the conditions;
+    this covers a pass that ended before)."""
+    update = login_state(rt, r)
+    if update:
+        await record(rt, r, update)
 
 
-async def listing(rt: Runtime, access: CdnAccess) -> list[CdnCertificateInfo]:
-    """The account's certificate list, shared by every resource of the account that looks within one cycle."""
-    import asyncio
+def _account(access: CdnAccess) -> str:
+    return target_key(access.endpoint.rstrip("/"), access.account)
 
-    key = target_key(access.endpoint.rstrip("/"), access.account)
-    async with rt.cdn_list_locks.setdefault(key, asyncio.Lock()):
+
+def _list_key(access: CdnAccess) -> str:
+    """Lists are shared by the resources of one credentials owner only: a cached list is no answer to credentials
+    that were never checked (another tenant naming the account would read it, and seem proven, without a login)."""
+    return target_key(_account(access), access.namespace, access.credentials_id)
+
+
+async def listing(rt: Runtime, r: Resource, access: CdnAccess) -> list[CdnCertificateInfo]:
+    """The account's certificate list, shared by every resource of the account and owner that looks within one
+    cycle. Fetched by these credentials (now or within the cycle): the account is proven for them."""
+    key = _list_key(access)
+    # The holder lends its worker out during the list call; a waiter must too, or they deadlock (fairshare).
+    async with rt.cdn_list_locks.hold(key):
         cached, now = rt.cdn_lists.get(key), rt.clock().timestamp()
         if cached is None or not 0 <= now - cached[0] <= LIST_SHARE_S:
             cached = (now, await rt.cdn.list_certificates(access))
             rt.cdn_lists[key] = cached
-        return list(cached[1])
+    prove(rt, r, target_of(r.spec))
+    return list(cached[1])
 
 
 def remember_added(rt: Runtime, access: CdnAccess, seq: int, material: TLSMaterial, comment: str) -> None:
     """Our own add joins the shared list: a twin with the same chain finds it there (one detail GET) instead
     of sending an add the remote refuses, and the next new certificate of the account lists nothing."""
-    cached = rt.cdn_lists.get(target_key(access.endpoint.rstrip("/"), access.account))
+    cached = rt.cdn_lists.get(_list_key(access))
     if cached is None:
         return
     leaf = material.bundle.leaf
@@ -94,8 +130,10 @@ def next_check(rt: Runtime, desired: rc.Desired) -> float:
 
 
 def forget_listing(rt: Runtime, access: CdnAccess) -> None:
-    """After our own write the shared list is stale."""
-    rt.cdn_lists.pop(target_key(access.endpoint.rstrip("/"), access.account), None)
+    """After our own write the shared lists of the account (every owner's) are stale."""
+    prefix = _account(access) + "|"
+    for key in [k for k in rt.cdn_lists if k.startswith(prefix)]:
+        del rt.cdn_lists[key]
 
 
 def facts(material: TLSMaterial, seq: int) -> dict[str, Any]:
@@ -109,6 +147,11 @@ def facts(material: TLSMaterial, seq: int) -> dict[str, Any]:
 
 
 async def sync(rt: Runtime, r: Resource) -> float | None:
+    """One pass; a seq is this resource's only once its credentials got an answer for the account."""
+    return await tracked(rt, r, lambda: _sync(rt, r))
+
+
+async def _sync(rt: Runtime, r: Resource) -> float | None:
     now = rt.clock()
     spec = r.spec
     blocked = precheck(rt, r, DEFAULT_ENDPOINT)
@@ -132,12 +175,13 @@ async def sync(rt: Runtime, r: Resource) -> float | None:
     drift = rt.settings.drift_interval
     seq = rc.wanted_seq(desired, rc.Record.from_status(r.status))
     if seq is not None:
-        clash = conflict(rt, r, target_key(desired.target, str(seq)), f"certificate seq {seq}")
+        clash = conflict(rt, r, target_key(desired.target, str(seq)), f"certificate seq {seq}", desired.target)
         if clash:
-            return await finish(rt, r, clash, {}, None)
+            return await stop_for(rt, r, clash)
 
     plan = rc.plan_without_read(desired, rc.Record.from_status(r.status), now, drift, r.forced)
-    if plan.action == "done":
+    rivals = seq is not None and unproven_with_rivals(rt, r, target_key(desired.target, str(seq)), desired.target)
+    if plan.action == "done" and not rivals:
         return await finish(rt, r, plan.state, {}, plan.requeue_after)
     if plan.action == "resolve":
         await _resolve(rt, r, access, material)
@@ -158,13 +202,14 @@ async def sync(rt: Runtime, r: Resource) -> float | None:
             # A drift check: the shared list settles it when the certificate is listed with our expiry.
             if r.forced:  # asked for by a person: what the remote says now, not what this process remembers
                 forget_listing(rt, access)
-            listed = {c.seq: c for c in await listing(rt, access)}
+            listed = {c.seq: c for c in await listing(rt, r, access)}
             item = listed.get(seq)
             if item is not None and item.end_timestamp == int(material.bundle.leaf.not_after.timestamp()):
                 state = State("ready", "Synced", f"certificate seq {seq} in sync")
                 return await finish(rt, r, state, {"lastSyncTime": pki.rfc3339(now)}, next_check(rt, desired))
         try:
             remote = await rt.cdn.get_certificate(access, seq)
+            prove(rt, r, desired.target)
             chain = tuple(link.fingerprint for link in remote.chain_info or ())
         except RecordNotFound:
             chain = None
@@ -195,6 +240,7 @@ async def _patch(
 
     await guarded_write(rt, r, intent, lambda: rt.cdn.update_certificate(
         access, seq, certificate=material.cert_pem, private_key=material.key_pem), outcome)  # fmt: skip
+    prove(rt, r, desired.target)
     forget_listing(rt, access)
     await event(rt, r, "Normal", "Rotated", f"patched certificate seq {seq}")
     return await finish(rt, r, synced, {}, next_check(rt, desired))
@@ -206,7 +252,7 @@ async def _find_or_add(
     now = rt.clock()
     found = await find_by_fingerprint(rt, r, access, material, desired.target)
     if isinstance(found, State):
-        return await finish(rt, r, found, {}, None)
+        return await stop_for(rt, r, found)
     if found is not None:
         updates = {**facts(material, found), "appliedDigest": desired.digest, "target": desired.target,
                    "lastSyncTime": pki.rfc3339(now)}  # fmt: skip
@@ -245,7 +291,7 @@ async def find_by_fingerprint(
     if fresh:
         forget_listing(rt, access)
     leaf = material.bundle.leaf
-    for item in await listing(rt, access):
+    for item in await listing(rt, r, access):
         if item.cn != leaf.subject_cn:
             continue
         try:
@@ -253,7 +299,7 @@ async def find_by_fingerprint(
         except RecordNotFound:
             continue
         if rc.holds_chain(tuple(link.fingerprint for link in detailed.chain_info or ()), material.chain_sha1):
-            clash = conflict(rt, r, target_key(target, str(detailed.seq)), f"certificate seq {detailed.seq}")
+            clash = conflict(rt, r, target_key(target, str(detailed.seq)), f"certificate seq {detailed.seq}", target)
             return clash if clash is not None else detailed.seq
     return None
 
@@ -269,6 +315,7 @@ async def _resolve(rt: Runtime, r: Resource, access: CdnAccess, material: TLSMat
         seq = int(intent.facts["seq"])
         try:
             remote = await rt.cdn.get_certificate(access, seq)
+            prove(rt, r, intent.target)
             if rc.holds_chain(tuple(link.fingerprint for link in remote.chain_info or ()), chain):
                 landed = seq
         except RecordNotFound:

@@ -17,7 +17,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from certsync import pki
+from certsync import accounts, pki
 from certsync.cdn import CdnAccess, RecordNotFound
 from certsync.controllers import cdncertificate, deploymenttls, letsencryptorder
 from certsync.controllers.base import Resource, Runtime, conflict, event, precheck
@@ -76,12 +76,19 @@ def _failure(error: Exception) -> tuple[bool, str]:
     return True, f"{type(error).__name__}: {GENERIC.short(error)}"
 
 
+def owned_by_another(rt: Runtime, r: Resource, target: str, proof: str | None = None) -> bool:
+    """An older resource proved its credentials for the target: what is there is its, never removed by this one.
+    (An older claimant not looked at yet since a restart does not hold a deletion back: this one wrote it.)"""
+    clash = conflict(rt, r, target, "", proof)
+    return clash is not None and clash.kind == "stalled"
+
+
 async def _removal(rt: Runtime, r: Resource) -> Callable[[], Awaitable[None]] | None:
     """The call that removes what this resource wrote, or None when there is nothing of ours to remove."""
     status = r.status
     if r.plural == "deploymenttlses":
         target = deploymenttls.target_of(r.spec)
-        if status.get("target") != target or conflict(rt, r, target, "") is not None:
+        if status.get("target") != target or owned_by_another(rt, r, target):
             return None
         access = await _credentials(rt, r)
         if access is None:
@@ -99,7 +106,7 @@ async def _removal(rt: Runtime, r: Resource) -> Callable[[], Awaitable[None]] | 
         target = cdncertificate.target_of(r.spec)
         if not isinstance(seq, int) or status.get("target") != target:
             return None
-        if conflict(rt, r, target_key(target, str(seq)), "") is not None:
+        if owned_by_another(rt, r, target_key(target, str(seq)), target):
             return None
     else:
         seq = status.get("certificateSeq")
@@ -120,8 +127,8 @@ async def _removal(rt: Runtime, r: Resource) -> Callable[[], Awaitable[None]] | 
 
 async def _credentials(rt: Runtime, r: Resource) -> Any:
     """Credentials from the Secret, else the last ones that worked (kept in memory only), else None."""
-    name = r.spec["credentialsSecretRef"]["name"]
-    secret = await rt.kube.read_secret(r.namespace, name)
+    secret_ns, name, _ = accounts.credentials_location(r.namespace, r.spec)
+    secret = await rt.kube.read_secret(secret_ns, name) if secret_ns else None
     if r.plural == "deploymenttlses":
         creds = credentials(name, secret, [("apiKey", "apiSecret")])
         if not isinstance(creds, Problem):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from certsync import pki
+from certsync import accounts, pki
 from certsync.controllers.base import (
     Resource,
     Runtime,
@@ -15,8 +15,12 @@ from certsync.controllers.base import (
     finish,
     guarded_write,
     precheck,
+    prove,
     record,
     settled,
+    stop_for,
+    tracked,
+    unproven_with_rivals,
 )
 from certsync.emqx import DeploymentTLSInfo, EmqxAccess, TLSNotConfigured
 from certsync.reconcile import (
@@ -42,11 +46,18 @@ def target_of(spec: dict[str, Any] | Any) -> str:
 
 
 def emqx_access(r: Resource, creds: dict[str, str], secret: SecretView | None) -> EmqxAccess:
-    """The deployment's access, named by whose credentials it carries (the namespace and the Secret's version)."""
-    return EmqxAccess(r.endpoint, creds["apiKey"], creds["apiSecret"], r.namespace, credentials_id(secret))
+    """The deployment's access, named by whose credentials it carries (the namespace, or the ClusterRemoteAccount,
+    and the Secret's version)."""
+    owner = accounts.credentials_location(r.namespace, r.spec)[2]
+    return EmqxAccess(r.endpoint, creds["apiKey"], creds["apiSecret"], owner, credentials_id(secret))
 
 
 async def sync(rt: Runtime, r: Resource) -> float | None:
+    """One pass; the deployment is this resource's only when its credentials got an answer for it (`_read`)."""
+    return await tracked(rt, r, lambda: _sync(rt, r))
+
+
+async def _sync(rt: Runtime, r: Resource) -> float | None:
     now = rt.clock()
     spec = r.spec
     blocked = precheck(rt, r)
@@ -55,7 +66,7 @@ async def sync(rt: Runtime, r: Resource) -> float | None:
     target = target_of(spec)
     clash = conflict(rt, r, target, f"deployment {spec['deploymentId']!r}")
     if clash:
-        return await finish(rt, r, clash, {}, None)
+        return await stop_for(rt, r, clash)
     name = str(spec["secretName"])
     # Off the event loop: loading a key checks it (tens of ms for RSA-2048, more for larger), and the loop must
     # keep renewing the Lease meanwhile.
@@ -84,15 +95,16 @@ async def sync(rt: Runtime, r: Resource) -> float | None:
         if not isinstance(ca, tuple):
             return await finish(rt, r, ca.state(), {}, None)
         cacert, ca_digest = ca
-    creds_name = spec["credentialsSecretRef"]["name"]
-    creds_secret = await rt.kube.read_secret(r.namespace, creds_name)
+    creds_ns, creds_name, _ = accounts.credentials_location(r.namespace, spec)
+    creds_secret = await rt.kube.read_secret(creds_ns, creds_name) if creds_ns else None
     creds = credentials(creds_name, creds_secret, [("apiKey", "apiSecret")])
     if not isinstance(creds, dict):
         return await finish(rt, r, creds.state(), {}, None)
     access = emqx_access(r, creds, creds_secret)
     deployment = str(spec["deploymentId"])
     scope, window = rt.emqx.scope(access, deployment, "PUT")
-    rt.budget.restore(scope, window, {"sent": r.status.get("writeTimes", [])})
+    # Held until these credentials are proven for the deployment: another tenant's invented times block nothing.
+    rt.emqx.restore_write_times(access, deployment, r.status.get("writeTimes", []))
     drift = (
         max(MIN_DRIFT_S, parse_duration(str(spec["driftCheckInterval"]))) if spec.get("driftCheckInterval") else None
     )
@@ -107,11 +119,13 @@ async def sync(rt: Runtime, r: Resource) -> float | None:
                            drift or rt.settings.drift_interval, r.forced)  # fmt: skip
 
     plan = rd.plan(observed(None))
-    if plan.action != "read":
+    if plan.action != "read" and not (plan.state.kind == "ready" and unproven_with_rivals(rt, r, target)):
         updates = {"pollAttempt": r.status.get("pollAttempt", 0)} if plan.action == "wait" else {}
         return await finish(rt, r, plan.state, updates, plan.requeue_after)
 
     remote = await _read(rt, access, deployment)
+    if not remote.absent:  # a 404 is no proof: EMQX says the same of a deployment another account's key cannot see
+        prove(rt, r, target)
     rt.last_credentials[r.key] = access
     reading = {"lastReadTime": pki.rfc3339(rt.clock()), **_remote_fields(remote)}
     pending = rd.Record.from_status(r.status).intent
@@ -191,6 +205,7 @@ async def _write(
         sent = rt.budget.export(scope, window)["sent"]
         if sent != r.status.get("writeTimes"):
             await record(rt, r, {"writeTimes": sent})
+    prove(rt, r, desired.target)  # the deployment took our write: these credentials serve it
     reason = "Rotated" if rotated else ("Created" if action == "create" else "Updated")
     await event(rt, r, "Normal", reason, f"{action}d the deployment's TLS (leaf {material.fingerprint[:23]}…)")
     return await finish(rt, r, after(info), {}, POLL_FIRST_S)

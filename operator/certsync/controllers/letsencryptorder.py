@@ -8,6 +8,7 @@ from typing import Any
 from certsync import pki
 from certsync.cdn import CdnAccess, TaskExists
 from certsync.controllers.base import (
+    CLAIMANT_WAIT_S,
     OutcomeUnknown,
     Resource,
     Runtime,
@@ -17,17 +18,22 @@ from certsync.controllers.base import (
     finish,
     guarded_write,
     precheck,
+    prove,
     record,
+    stop_for,
+    tracked,
+    unproven_with_rivals,
 )
-from certsync.controllers.cdncertificate import DEFAULT_ENDPOINT, cdn_access, forget_listing
+from certsync.controllers.cdncertificate import DEFAULT_ENDPOINT, cdn_access, forget_listing, listing
 from certsync.reconcile import Problem, State
 from certsync.reconcile import orders as ro
 from certsync.reconcile.conditions import POLL_FIRST_S, parse_time, poll_delay
 from certsync.reconcile.record import Intent, new_intent
-from certsync.reconcile.targets import Claim, target_key
+from certsync.reconcile.targets import target_key
 from certsync.remote import RemoteError
 
 INFLIGHT = "letsencryptorders/inflight"  # owners() key space: resource orders running, per account
+QUEUED_S = 10.0  # a resource order waiting for the account's running one looks again this soon
 
 
 def account_of(spec: Mapping[str, Any]) -> str:
@@ -52,6 +58,11 @@ WILDCARD_SETTLE_S = 15 * 60.0
 
 
 async def sync(rt: Runtime, r: Resource) -> float | None:
+    """One pass; an order target is this resource's only once its credentials got an answer for the account."""
+    return await tracked(rt, r, lambda: _sync(rt, r))
+
+
+async def _sync(rt: Runtime, r: Resource) -> float | None:
     spec = r.spec
     blocked = precheck(rt, r, DEFAULT_ENDPOINT)
     if blocked:
@@ -62,15 +73,17 @@ async def sync(rt: Runtime, r: Resource) -> float | None:
         return await finish(rt, r, State("stalled", "InvalidSpec", "exactly one of resourceId and domains"), {}, None)
     target = target_of(spec)
     what = f"the order for resource {resource_id!r}" if resource_id else f"the order for {', '.join(domains)}"
-    clash = conflict(rt, r, target, what)
+    clash = conflict(rt, r, target, what, account_of(spec))
     if clash:
-        return await finish(rt, r, clash, {}, None)
+        return await stop_for(rt, r, clash)
     access = await cdn_access(rt, r)
     if isinstance(access, Problem):
         return await finish(rt, r, access.state(), {}, None)
     rt.last_credentials[r.key] = access
     status = r.status
     if status.get("certificateSeq") and status.get("target") == target and not r.forced:
+        if unproven_with_rivals(rt, r, target, account_of(spec)):  # after a restart, with a twin: one list proves
+            await listing(rt, r, access)
         issued = State("ready", "Synced", f"certificate seq {status['certificateSeq']} issued")
         return await finish(rt, r, issued, {}, None)
     intent = Intent.from_status(status.get("intent"))
@@ -85,35 +98,66 @@ async def sync(rt: Runtime, r: Resource) -> float | None:
     return await _follow(rt, r, access, resource_id, domains)
 
 
+def running(rt: Runtime, r: Resource, yes: bool) -> None:
+    """Say in memory whether this resource's order runs at the remote: learnt from an authenticated answer only
+    (our own POST, the task status), never from status, which its tenant may write."""
+    account = account_of(r.spec)
+    orders = rt.orders_running.setdefault(account, {})
+    if yes:
+        orders[r.key] = r.claim
+    else:
+        orders.pop(r.key, None)
+    if not orders:
+        del rt.orders_running[account]
+
+
+def order_busy(rt: Runtime, r: Resource) -> tuple[State, float] | None:
+    """`Queued` (and when to look again) while another resource order of the account runs or is being placed;
+    None when this one may order.
+
+    Running orders are what passes of this process learnt from the remote. Right after a restart, an order that
+    status says is running counts until its resource's first pass in this process (which asks the remote): that
+    wait is short, a status is no proof of anything."""
+    account = account_of(r.spec)
+    others = [c for k, c in rt.orders_running.get(account, {}).items() if k != r.key]
+    holder = rt.order_slots.get(account)
+    if holder is not None and holder != r.claim:
+        others.append(holder)
+    delay = QUEUED_S if others else CLAIMANT_WAIT_S
+    for claim in rt.owners(INFLIGHT, account):
+        key = (r.plural, claim.namespace, claim.name)
+        if key != r.key and key not in rt.proofs.passed:
+            others.append(claim)
+    if not others:
+        return None
+    busy = min(others).described_to(r.namespace)
+    return State("reconciling", "Queued", f"waiting for the running order of {busy} in the same account"), delay
+
+
 async def _order(
     rt: Runtime, r: Resource, access: CdnAccess, target: str, resource_id: str, domains: list[str]
 ) -> float | None:
     account = account_of(r.spec)
     if resource_id:
-        others = [c for c in rt.owners(INFLIGHT, account) if (c.namespace, c.name) != (r.namespace, r.name)]
-        holder = rt.order_slots.get(account)
-        if holder is not None and (holder.namespace, holder.name) != (r.namespace, r.name):
-            others.append(holder)
-        if others:
-            busy = min(others).described_to(r.namespace)
-            state = State("reconciling", "Queued", f"waiting for the running order of {busy} in the same account")
-            return await finish(rt, r, state, {}, 10.0)
-        rt.order_slots[account] = Claim(r.created, r.namespace, r.name)
-    sent = False
-
-    async def place() -> None:
-        nonlocal sent
-        sent = True
-        if resource_id:
-            await rt.cdn.order_letsencrypt(access, resource_id)
-        else:
-            await rt.cdn.order_wildcard(access, domains)
-
+        busy = order_busy(rt, r)
+        if busy is not None:
+            return await finish(rt, r, busy[0], {}, busy[1])
+        # Held for this pass only (the list before, then the POST), released however the pass ends: what keeps a
+        # second order out afterwards is `orders_running`, learnt from the remote.
+        rt.order_slots[account] = r.claim
     try:
         forget_listing(rt, access)
         before = sorted(c.seq for c in await rt.cdn.list_certificates(access))
+        prove(rt, r, account)
         now = rt.clock()
         intent = new_intent("order", target, "", now, before=before)
+
+        async def place() -> None:
+            if resource_id:
+                running(rt, r, True)  # sent: it may run, whatever the answer says (a lost one is read back)
+                await rt.cdn.order_letsencrypt(access, resource_id)
+            else:
+                await rt.cdn.order_wildcard(access, domains)
 
         def outcome(_: object) -> dict[str, Any]:
             return {"orderedAt": pki.rfc3339(now), "taskStatus": "accepted", "listBefore": before, "target": target,
@@ -123,14 +167,15 @@ async def _order(
             await guarded_write(rt, r, intent, place, outcome)
         except TaskExists:  # 489: an order is already running for these names: it is ours
             await record(rt, r, outcome(None))
-    except BaseException as error:
-        # Nothing was ordered (the list failed, the intent could not be recorded, the credentials were refused, the
-        # remote refused the order): the account's slot goes back at once, or one failing resource would queue
-        # every other order behind it. Only an order whose outcome is unknown keeps it (its intent is recorded).
-        refused = isinstance(error, RemoteError) and not isinstance(error, OutcomeUnknown)
-        if (not sent or refused) and resource_id and rt.order_slots.get(account) == r.claim:
-            rt.order_slots.pop(account, None)
-        raise
+        except OutcomeUnknown:
+            raise  # it may have been placed: it counts as running until the task status says otherwise
+        except RemoteError:
+            if resource_id:
+                running(rt, r, False)  # refused, or never sent (429): nothing runs
+            raise
+    finally:
+        if resource_id and rt.order_slots.get(account) == r.claim:
+            del rt.order_slots[account]
     await event(rt, r, "Normal", "Ordered", "ordered a Let's Encrypt certificate")
     state = State("reconciling", "Pending", "order placed; waiting for issuance")
     return await finish(rt, r, state, {}, POLL_FIRST_S)
@@ -144,6 +189,8 @@ async def _resolve(
     placed = {"orderedAt": intent.at, "listBefore": before, "target": intent.target, "intent": None}
     if resource_id:
         task = await rt.cdn.letsencrypt_status(access, resource_id)
+        prove(rt, r, account_of(r.spec))
+        running(rt, r, task in ("accepted", "processed"))
         await record(rt, r, placed if task != "no" else {"intent": None})
         return
     forget_listing(rt, access)
@@ -166,9 +213,10 @@ async def _follow(rt: Runtime, r: Resource, access: CdnAccess, resource_id: str,
     updates: dict[str, Any] = {}
     if resource_id:
         task = await rt.cdn.letsencrypt_status(access, resource_id)
+        prove(rt, r, account_of(r.spec))
+        running(rt, r, task in ("accepted", "processed"))  # processed: runs until its certificate is listed
         updates["taskStatus"] = task
         if task == "failed":
-            rt.order_slots.pop(account_of(r.spec), None)
             return await finish(rt, r, State("stalled", "OrderFailed", "the Let's Encrypt order failed"), updates, None)
         if task != "processed":
             updates["pollAttempt"] = attempt + 1
@@ -176,13 +224,15 @@ async def _follow(rt: Runtime, r: Resource, access: CdnAccess, resource_id: str,
             return await finish(rt, r, state, updates, poll_delay(attempt))
     forget_listing(rt, access)
     listing = _listed(await rt.cdn.list_certificates(access))
+    prove(rt, r, account_of(r.spec))
     before = {int(s) for s in r.status.get("listBefore", []) if isinstance(s, int)}
     found = ro.pick_certificate(listing, before, domains, ())
     if found is None:
         updates["pollAttempt"] = attempt + 1
         state = State("reconciling", "Pending", "waiting for the issued certificate to appear in the list")
         return await finish(rt, r, state, updates, poll_delay(attempt))
-    rt.order_slots.pop(account_of(r.spec), None)
+    if resource_id:
+        running(rt, r, False)
     updates.update(certificateSeq=found.seq, taskStatus="processed", pollAttempt=0,
                    notAfter=pki.rfc3339(pki.from_timestamp(found.not_after)))  # fmt: skip
     await record(rt, r, updates)

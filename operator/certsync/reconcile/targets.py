@@ -1,4 +1,5 @@
-"""One owner per remote target: the oldest resource that names it (creation time, then namespace/name)."""
+"""One owner per remote target: the oldest resource that names it (creation time, then namespace/name) among
+those whose credentials were proven for it (`controllers.base.conflict` keeps the proofs)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,14 @@ def conflict_message(what: str, holder: Claim, namespace: str) -> str:
     return (
         f"{what} is already managed by {holder.described_to(namespace)} (the older resource owns it); "
         "this resource makes no remote call until that one is deleted or names another target"
+    )
+
+
+def waiting_message(what: str, holder: Claim, namespace: str) -> str:
+    """An older claimant has not had a pass in this process yet (a restart): it may still prove its credentials."""
+    return (
+        f"{what} is also named by an older resource, {holder.described_to(namespace)}, that has not been checked "
+        "since the operator started; waiting for its first pass"
     )
 
 
