@@ -35,6 +35,7 @@ HELM_LABELS = (
 DEPLOY_VALUES = {
     "podAnnotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "8080"},
     "networkPolicy": {"enabled": True},
+    "clusterRemoteAccounts": {"credentialsSecrets": [{"name": "certsync-remote-account"}]},
 }
 # Operator settings that are no `settings` key: first-class chart values, or test hooks never set in a cluster.
 FIRST_CLASS = {"CERTSYNC_NAMESPACES": "namespaces", "CERTSYNC_LEADER_ELECTION": "leaderElection",
@@ -197,7 +198,7 @@ def test_rbac_is_deploys_in_both_modes() -> None:
     cluster = render()
     [role] = find(cluster, "ClusterRole")
     assert rules([role]) == rules(find(deploy_documents("rbac.yaml"), "ClusterRole"))
-    [lease] = find(cluster, "Role")
+    [lease] = find(cluster, "Role")  # no account credentials listed by default: no Role for them
     assert rules([lease]) == rules(find(deploy_documents("base", "lease-role.yaml"), "Role"))
     assert lease["metadata"]["namespace"] == "certsync-system"
     [binding] = find(cluster, "ClusterRoleBinding")
@@ -206,7 +207,17 @@ def test_rbac_is_deploys_in_both_modes() -> None:
                                     "namespace": "certsync-system"}]  # fmt: skip
 
     scoped = render("--set", "namespaces.mode=namespaces", "--set", "namespaces.list={apps,shop}")
-    assert not find(scoped, "ClusterRole") and not find(scoped, "ClusterRoleBinding")
+    # only the cluster-scoped kinds (ClusterRemoteAccounts, Namespaces), which no Role can grant
+    [accounts] = find(scoped, "ClusterRole")
+    assert rules([accounts]) == rules(
+        find(deploy_documents("overlays", "single-namespace", "accounts-clusterrole.yaml"), "ClusterRole")
+    )
+    assert {r["resources"][0] for r in accounts["rules"]} == {
+        "clusterremoteaccounts",
+        "clusterremoteaccounts/status",
+        "namespaces",
+    }
+    assert len(find(scoped, "ClusterRoleBinding")) == 1
     watched = [r for r in find(scoped, "Role") if not r["metadata"]["name"].endswith("-leader-election")]
     assert sorted(r["metadata"]["namespace"] for r in watched) == ["apps", "shop"]
     overlay = find(deploy_documents("overlays", "single-namespace", "role.yaml"), "Role")
@@ -541,7 +552,7 @@ def test_deploy_is_the_chart_rendered_with_deploys_values(kubectl: Path, tmp_pat
     deploy = kustomize(kubectl, REPO / "deploy")
     chart = chart_as_deploy(tmp_path)
     assert compared(deploy) == compared(chart)
-    assert len(compared(deploy)) == 8
+    assert len(compared(deploy)) == 10
     assert {o["kind"] for o in deploy} - {o["kind"] for o in chart} == {"Namespace"}
     assert {o["kind"] for o in chart} - {o["kind"] for o in deploy} == {"Service", "CustomResourceDefinition"}
 
@@ -593,3 +604,34 @@ def test_network_policy_admits_metrics_from_its_peers_and_egress_only_by_port() 
     assert not narrowed["ingress"]  # no peer named: nobody reaches the metrics port
     refused = helm("template", "x", str(CHART), "--set", "networkPolicy.egress.cidrs={example.com}", check=False)
     assert refused.returncode != 0 and "cidrs" in refused.stderr
+
+
+def test_account_credentials_are_readable_by_exactly_the_named_secrets() -> None:
+    """`get` on the listed Secrets and nothing else: one Role per namespace with their resourceNames."""
+    assert not [r for r in find(render(), "Role") if "account-credentials" in r["metadata"]["name"]]
+    listed = render("--set", "clusterRemoteAccounts.credentialsSecrets[0].name=emqx-account",
+                    "--set", "clusterRemoteAccounts.credentialsSecrets[1].name=cdn-account",
+                    "--set", "clusterRemoteAccounts.credentialsSecrets[2].name=vault-cdn",
+                    "--set", "clusterRemoteAccounts.credentialsSecrets[2].namespace=vault")  # fmt: skip
+    roles = {
+        r["metadata"]["namespace"]: r["rules"]
+        for r in find(listed, "Role")
+        if "account-credentials" in r["metadata"]["name"]
+    }
+    assert roles == {
+        "certsync-system": [
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "resourceNames": ["emqx-account", "cdn-account"],
+                "verbs": ["get"],
+            }
+        ],
+        "vault": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["vault-cdn"], "verbs": ["get"]}],
+    }
+    bindings = [b for b in find(listed, "RoleBinding") if "account-credentials" in b["metadata"]["name"]]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["certsync-system", "vault"]
+    refused = helm(
+        "template", "x", str(CHART), "--set", "clusterRemoteAccounts.credentialsSecrets[0].namespace=a", check=False
+    )
+    assert refused.returncode != 0  # a Secret without a name would grant every Secret there: refused

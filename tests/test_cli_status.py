@@ -98,7 +98,7 @@ def test_the_document_keys_are_stable() -> None:
 
 def test_kinds_are_named_as_users_type_them() -> None:
     assert fleet.kind_of("DeploymentTLS") == fleet.kind_of("dtls") == fleet.kind_of("deploymenttlses")
-    assert fleet.kind_of("CDNCertificate") == "cdncertificates" and fleet.kind_of("leo") == "letsencryptorders"
+    assert fleet.kind_of("CDNCertificate") == "cdncertificates" and fleet.kind_of("leorder") == "letsencryptorders"
     assert fleet.kind_of("pods") is None
 
 

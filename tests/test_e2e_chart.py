@@ -110,7 +110,7 @@ def test_helm_install_runs_the_operator_to_ready_and_uninstall_keeps_crds_and_re
 ) -> None:
     release, release_ns = "cs-e2e", f"{namespace}-op"
     # CRDs applied earlier with kubectl (the fixture did) are adopted by the release, as the chart README says.
-    for crd in ("deploymenttlses", "cdncertificates", "letsencryptorders"):
+    for crd in ("deploymenttlses", "cdncertificates", "letsencryptorders", "clusterremoteaccounts"):
         name = f"crd/{crd}.certsync.io"
         kube.kubectl("label", "--overwrite", name, "app.kubernetes.io/managed-by=Helm")
         kube.kubectl("annotate", "--overwrite", name, f"meta.helm.sh/release-name={release}",
@@ -143,7 +143,7 @@ def test_helm_install_runs_the_operator_to_ready_and_uninstall_keeps_crds_and_re
     kube.kubectl("get", "lease", "certsync-leader", "-n", release_ns)  # elected with the chart's Lease Role
 
     helm("uninstall", release, "-n", release_ns, kubeconfig=kube.kubeconfig)
-    for crd in ("deploymenttlses", "cdncertificates", "letsencryptorders"):
+    for crd in ("deploymenttlses", "cdncertificates", "letsencryptorders", "clusterremoteaccounts"):
         kube.kubectl("get", f"crd/{crd}.certsync.io")  # kept (helm.sh/resource-policy: keep)
     kube.kubectl("get", "deploymenttls/broker", "-n", namespace)
     assert kube.kubectl("get", "serviceaccount", "cs-e2e-certsync", "-n", release_ns, check=False).returncode != 0

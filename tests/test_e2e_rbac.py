@@ -27,6 +27,14 @@ WATCHED: set[Grant] = {
     ("secrets", "", frozenset({"get", "list", "watch"})),
     ("events", "", frozenset({"create", "patch"})),
 }
+# ClusterRemoteAccounts and Namespaces are cluster-scoped: granted in every namespace alike.
+ACCOUNTS: set[Grant] = {
+    ("clusterremoteaccounts.certsync.io", "", frozenset({"get", "list", "watch"})),
+    ("clusterremoteaccounts.certsync.io/status", "", frozenset({"patch"})),
+    ("namespaces", "", frozenset({"get", "list", "watch"})),
+}
+# deploy/base/account-credentials.yaml: the accounts' credentials Secret, by name, in the operator's namespace.
+ACCOUNT_SECRET: set[Grant] = {("secrets", "certsync-remote-account", frozenset({"get"}))}
 LEASE: set[Grant] = {
     ("leases.coordination.k8s.io", "", frozenset({"create"})),
     ("leases.coordination.k8s.io", "certsync-leader", frozenset({"get", "update"})),
@@ -57,9 +65,9 @@ def test_cluster_wide_install_grants_exactly_what_is_used(
 ) -> None:
     account = "system:serviceaccount:certsync-system:certsync"
     base = baseline(kube, namespace)
-    assert grants(kube, account, namespace) - base == WATCHED
+    assert grants(kube, account, namespace) - base == WATCHED | ACCOUNTS
     assert base - grants(kube, account, namespace) == set()
-    assert grants(kube, account, "certsync-system") - base == WATCHED | LEASE
+    assert grants(kube, account, "certsync-system") - base == WATCHED | LEASE | ACCOUNTS | ACCOUNT_SECRET
 
 
 def test_single_namespace_overlay_grants_exactly_what_is_used_where_it_is_used(kube: Kube, namespace: str) -> None:
@@ -82,10 +90,10 @@ def test_single_namespace_overlay_grants_exactly_what_is_used_where_it_is_used(k
     kube.kubectl("create", "namespace", watched_ns)
     kube.apply(*[d for d in documents if d["kind"] == "Namespace"])
     kube.apply(*[d for d in documents if d["kind"] != "Namespace"])
-    kinds = {d["kind"] for d in documents}
-    assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
+    cluster_wide = [d["metadata"]["name"] for d in documents if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    assert cluster_wide == ["certsync-accounts", "certsync-accounts"]  # the cluster-scoped kinds only
     account = f"system:serviceaccount:{operator_ns}:certsync"
     base = baseline(kube, namespace)
-    assert grants(kube, account, watched_ns) - base == WATCHED
-    assert grants(kube, account, namespace) - base == set()  # any other namespace: nothing
-    assert grants(kube, account, operator_ns) - base == LEASE
+    assert grants(kube, account, watched_ns) - base == WATCHED | ACCOUNTS
+    assert grants(kube, account, namespace) - base == ACCOUNTS  # any other namespace: no namespaced object
+    assert grants(kube, account, operator_ns) - base == LEASE | ACCOUNTS | ACCOUNT_SECRET

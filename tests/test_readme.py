@@ -129,6 +129,7 @@ COMMANDS: dict[str, Where] = {
 YAML_BLOCKS: dict[str, Where] = {
     "kind: Kustomization": Where(f"{HERE}::test_flux_example_waits_for_an_example_resource"),
     "healthCheckExprs:": Where(f"{HERE}::test_flux_health_check_expressions_name_the_crds_conditions"),
+    "kind: ClusterRemoteAccount": Where(f"{HERE}::test_the_account_example_is_accepted_by_the_crds"),
 }
 # Sample output: the test that prints it compares it with the README's block.
 TEXT_BLOCKS: dict[str, Where] = {
@@ -294,7 +295,7 @@ def test_every_readme_command_is_run_or_covered() -> None:
         bodies = [body for kind, body, _ in _blocks() if kind == language]
         for body in bodies:
             if language == "yaml":
-                assert yaml.safe_load(body), body  # parses
+                assert all(yaml.safe_load_all(body)), body  # parses (one document or several)
             markers = [marker for marker in entries if marker in body]
             assert len(markers) == 1, f"a {language} block needs one entry (found {markers}):\n{body}"
         stale = [marker for marker in entries if not any(marker in body for body in bodies)]
@@ -354,6 +355,25 @@ def test_flux_example_waits_for_an_example_resource() -> None:
         == (check["apiVersion"], check["kind"], check["name"], check["namespace"])
         for d in objects
     ), check
+
+
+def test_the_account_example_is_accepted_by_the_crds(kube: Kube, namespace: str) -> None:
+    """The ClusterRemoteAccount block, as the API server's validation (CEL included) sees it; the tenant's
+    resource goes to this test's namespace instead of `mqtt`."""
+    [body] = [b for language, b, _ in _blocks() if language == "yaml" and "kind: ClusterRemoteAccount" in b]
+    documents = [d for d in yaml.safe_load_all(body) if d]
+    assert [d["kind"] for d in documents] == ["ClusterRemoteAccount", "DeploymentTLS"]
+    documents[1]["metadata"]["namespace"] = namespace
+    documents[0]["metadata"]["name"] = f"emqx-prod-{namespace}"
+    documents[1]["spec"]["accountRef"]["name"] = documents[0]["metadata"]["name"]
+    answer = kube.kubectl(
+        "apply",
+        "--dry-run=server",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": documents}),
+    )
+    assert answer.returncode == 0, answer.stderr
 
 
 # --- the commands, executed ----------------------------------------------------------------------------------------
@@ -541,7 +561,7 @@ def test_kustomize_install_upgrade_and_uninstall(fresh: Kube, tmp_path: Path) ->
     for command in block:  # in the README's order on a cluster without CRDs: the overlay after deploy/
         shell(command)
     crds = json.loads(fresh.kubectl("get", "crd", "-o", "json").stdout)["items"]
-    assert len(crds) == 3 and all(
+    assert len(crds) == 4 and all(
         any(c["type"] == "Established" and c["status"] == "True" for c in crd["status"]["conditions"]) for crd in crds
     )
     fresh.kubectl("get", "clusterrole/certsync", "clusterrolebinding/certsync")

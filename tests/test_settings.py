@@ -250,7 +250,7 @@ def crd_properties() -> list[tuple[str, dict[str, Any]]]:
 
 def test_every_endpoint_and_secret_name_field_has_a_pattern() -> None:
     fields = crd_properties()
-    assert len([f for f, _ in fields if f.endswith("endpoint")]) == 3
+    assert len([f for f, _ in fields if f.endswith("endpoint")]) == 4  # + the ClusterRemoteAccount's spec.endpoint
     assert len([f for f, _ in fields if f.endswith("secretName")]) == 3  # two tls Secrets, one client CA
     assert all(schema.get("pattern") and schema.get("maxLength") for _, schema in fields)
 

@@ -25,7 +25,7 @@ ALIASES = {
     **{kind.lower(): plural for plural, kind in KINDS.items()},
     "dtls": "deploymenttlses",
     "cdncert": "cdncertificates",
-    "leo": "letsencryptorders",
+    "leorder": "letsencryptorders",
 }
 SCHEMA_VERSION = 1  # the JSON document's shape: bumped only when a key changes meaning or goes away
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
@@ -19,14 +20,16 @@ from typing import Any
 import aiohttp
 import kopf
 
-from certsync.budget import EMQX_READ, EMQX_WRITE, Concurrency, RateBudget, Window
+from certsync import accounts
+from certsync.budget import EMQX_READ, EMQX_WRITE, RateBudget, Window
 from certsync.cdn import CdnClient
-from certsync.controllers import cdncertificate, deletion, deploymenttls, letsencryptorder
+from certsync.controllers import cdncertificate, deletion, deploymenttls, letsencryptorder, remoteaccount
 from certsync.controllers.base import KINDS, Resource, Runtime, finish, first_sight, state_for_error
 from certsync.emqx import EmqxClient
+from certsync.fairshare import RemoteSlots, WorkerPool
 from certsync.kube import GROUP, VERSION, Kube, KubeError, ResourceGone
 from certsync.metrics import Metrics
-from certsync.reconcile import State
+from certsync.reconcile import Problem, State
 from certsync.reconcile.conditions import jittered, poll_delay
 from certsync.reconcile.targets import Claim, target_key
 from certsync.remote import RemoteError, tls_context
@@ -104,7 +107,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # Secrets are watched by metadata only, outside kopf (which would hold every Secret's body).
     secrets = SecretStore(config.namespaces, w.secret_changed)
     secrets.start()
-    limits = Concurrency(per_scope=config.remote_concurrency_per_target, overall=config.remote_concurrency)
+    limits = RemoteSlots(per_scope=config.remote_concurrency_per_target, overall=config.remote_concurrency)
     bounds: dict[str, Any] = {
         "observe": metrics.observe_request,
         "concurrency": limits,
@@ -124,7 +127,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         cdn=CdnClient(budget=budget, per_minute=config.cdn_budget_per_minute, **bounds),
         kube=Kube(secrets=secrets, required_label=config.secret_label),
         metrics=metrics,
-        workers=asyncio.Semaphore(config.workers),
+        workers=WorkerPool(config.workers),
     )
 
 
@@ -183,32 +186,56 @@ for _plural in PLURALS:
     _secret_index(_plural)
 
 
+def _as_passes_see_it(
+    plural: str, namespace: str | None, spec: Mapping[str, Any], memo: kopf.Memo
+) -> Mapping[str, Any]:
+    """The spec a pass works with: through an account, the account's endpoint and CDN account, so that the index
+    keys a target as the pass asks for it (two resources naming one deployment through an account see each other).
+    Indexed when the resource changes: an account's later change of endpoint reaches the key at its next event."""
+    rt = memo.get("runtime")
+    if accounts.account_name(spec) is None or not isinstance(rt, Runtime):
+        return spec
+    book = rt.accounts
+    name, where = accounts.account_name(spec) or "", str(namespace)
+    resolved = accounts.resolve(plural, where, spec, book.account(name), book.namespace_labels(where))
+    return spec if isinstance(resolved, Problem) else accounts.effective_spec(spec, resolved)
+
+
 @kopf.index(GROUP, VERSION, "deploymenttlses")
-def dtls_targets(namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any) -> dict[str, Claim]:
-    return {deploymenttls.target_of(spec): _claim(namespace, name, meta)}
+def dtls_targets(
+    namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta, memo: kopf.Memo, **_: Any
+) -> dict[str, Claim]:
+    seen = _as_passes_see_it("deploymenttlses", namespace, spec, memo)
+    return {deploymenttls.target_of(seen): _claim(namespace, name, meta)}
 
 
 @kopf.index(GROUP, VERSION, "cdncertificates")
 def cdn_targets(
-    namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, **_: Any
-) -> dict[str, Claim]:
-    target = cdncertificate.target_of(spec)
+    namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, memo: kopf.Memo,
+    **_: Any,
+) -> dict[str, Claim]:  # fmt: skip
+    target = cdncertificate.target_of(_as_passes_see_it("cdncertificates", namespace, spec, memo))
     seq = spec.get("seq") or (status.get("seq") if status.get("target") == target else None)
     return {target_key(target, str(seq)): _claim(namespace, name, meta)} if seq else {}
 
 
 @kopf.index(GROUP, VERSION, "letsencryptorders")
-def le_targets(namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any) -> dict[str, Claim]:
-    return {letsencryptorder.target_of(spec): _claim(namespace, name, meta)}
+def le_targets(
+    namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta, memo: kopf.Memo, **_: Any
+) -> dict[str, Claim]:
+    seen = _as_passes_see_it("letsencryptorders", namespace, spec, memo)
+    return {letsencryptorder.target_of(seen): _claim(namespace, name, meta)}
 
 
 @kopf.index(GROUP, VERSION, "letsencryptorders")
 def le_inflight(
-    namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, **_: Any
-) -> dict[str, Claim]:
+    namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, memo: kopf.Memo,
+    **_: Any,
+) -> dict[str, Claim]:  # fmt: skip
     if not spec.get("resourceId") or not letsencryptorder.inflight(status):
         return {}
-    return {letsencryptorder.account_of(spec): _claim(namespace, name, meta)}
+    seen = _as_passes_see_it("letsencryptorders", namespace, spec, memo)
+    return {letsencryptorder.account_of(seen): _claim(namespace, name, meta)}
 
 
 def _login_index(plural: str) -> None:
@@ -341,8 +368,8 @@ def _daemon(plural: str) -> None:
             forced = key in w.forced
             w.forced.discard(key)
             rt.owners, rt.login_states = _owners(indices), _login_states(indices)
-            try:
-                async with rt.workers:
+            try:  # a worker of the namespace's turn; lent out while the pass waits on a remote
+                async with rt.workers.serve(key[1]):
                     resource = _resource(plural, body, local, forced)
                     delay, failures = await one_pass(rt, resource, failures, lambda: bool(stopped))
             except ResourceGone:
@@ -376,6 +403,7 @@ def _on_delete(plural: str) -> None:
         rt = runtime(memo)
         rt.owners, rt.login_states = _owners(indices), _login_states(indices)
         r = _resource(plural, body, {})
+        remoteaccount.resolve_spec(rt, r)  # through an account: its endpoint and Secret (a refused one removes nothing)
         try:
             again = await deletion.delete(rt, r, body.metadata.get("deletionTimestamp"), retry)
         except KubeError as error:
@@ -389,3 +417,133 @@ def _on_delete(plural: str) -> None:
 
 for _plural in PLURALS:
     _on_delete(_plural)
+
+
+# --- ClusterRemoteAccounts: platform-owned accounts ---------------------------------------------
+# Indices of the accounts, of the namespaces' labels (what an account's namespaceSelector matches) and of who
+# names which account; the account's own status pass; every resource naming an account is woken when the
+# account, its Secret or its namespace's labels change. A resource's pass sees the account's endpoint and
+# Secret through `remoteaccount.sync_through_account`, wrapped around each kind's controller here.
+
+ACCOUNT_USERS = {p: f"{p}_by_account" for p in PLURALS}
+
+
+def _account_key(name: str) -> tuple[str, str, str]:
+    return (accounts.PLURAL, "", name)
+
+
+@kopf.index(GROUP, VERSION, accounts.PLURAL, id="remote_accounts")
+def remote_accounts(name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, dict[str, Any]]:
+    """The account's spec, and its CDN login state: what its users restore (written by the operator alone)."""
+    return {name: {"spec": dict(spec), "cdnLogin": status.get("cdnLogin")}}
+
+
+@kopf.index("", "v1", "namespaces", id="namespace_labels")
+def namespace_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+    return {name: dict(labels)}
+
+
+def _users_index(plural: str) -> None:
+    @kopf.index(GROUP, VERSION, plural, id=ACCOUNT_USERS[plural])
+    def by_account(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[str, tuple[str, str]]:
+        account = accounts.account_name(spec)
+        return {account: (str(namespace), name)} if account else {}
+
+
+for _plural in PLURALS:
+    _users_index(_plural)
+
+
+def _bind_accounts(memo: kopf.Memo, indices: Mapping[str, Any]) -> accounts.AccountBook:
+    """The book reads kopf's live indices: bound at every event (the same objects each time)."""
+    book = remoteaccount.book_of(runtime(memo))
+    users = {p: indices[ACCOUNT_USERS[p]] for p in PLURALS}
+    book.bind(indices["remote_accounts"], indices["namespace_labels"], users)
+    return book
+
+
+def _wake_users(memo: kopf.Memo, users: list[tuple[str, str, str]]) -> None:
+    w = wakes(memo)
+    for key in users:
+        w.wake(key)
+
+
+def _on_account_user_event(plural: str) -> None:
+    @kopf.on.event(GROUP, VERSION, plural, id=f"{plural}_account_book")
+    async def account_user_event(memo: kopf.Memo, **indices: Any) -> None:
+        """Before a resource's daemon starts (kopf spawns it after the event handlers): the book is bound."""
+        _bind_accounts(memo, indices)
+
+
+for _plural in PLURALS:
+    _on_account_user_event(_plural)
+
+
+@kopf.on.startup(id="remote_accounts_secret_wakes")
+async def account_secret_wakes(memo: kopf.Memo, **_: Any) -> None:
+    """A change of an account's credentials Secret wakes the account (one new proof) and its users: the
+    Secret watch's callback is chained, so a resource's own Secrets keep waking it as before."""
+    rt = runtime(memo)
+    store = rt.kube.secrets if isinstance(rt.kube, Kube) else None
+    if store is None:
+        return
+    before = store.notify
+
+    def notify(namespace: str, name: str) -> None:
+        before(namespace, name)
+        book = remoteaccount.book_of(rt)
+        for account in book.accounts_of_secret(namespace, name):
+            wakes(memo).wake(_account_key(account))
+            _wake_users(memo, book.users_of(account))
+
+    store.notify = notify
+
+
+@kopf.on.event(GROUP, VERSION, accounts.PLURAL, id="remote_account_changed")
+async def account_changed(name: str, memo: kopf.Memo, **indices: Any) -> None:
+    """An account created, changed or deleted: its users look again (allowed or not, missing or not)."""
+    book = _bind_accounts(memo, indices)
+    wakes(memo).wake(_account_key(name))
+    _wake_users(memo, book.users_of(name))
+
+
+@kopf.on.event("", "v1", "namespaces", id="namespace_labels_changed")
+async def namespace_changed(name: str, labels: kopf.Labels, memo: kopf.Memo, **indices: Any) -> None:
+    """A namespace's labels changed: its resources naming an account look again (a selector may match now)."""
+    book = _bind_accounts(memo, indices)
+    w = wakes(memo)
+    seen = (None, dict(labels))
+    before = w.seen.get(("namespaces", "", name))
+    w.seen[("namespaces", "", name)] = seen
+    if before is not None and before != seen:
+        _wake_users(memo, book.users_in(name))
+
+
+@kopf.daemon(GROUP, VERSION, accounts.PLURAL, id="remote_account", cancellation_timeout=60.0)
+async def account_daemon(body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo, **indices: Any) -> None:
+    """The account's status pass: once per generation and credentials Secret version, then on a wake."""
+    rt, w = runtime(memo), wakes(memo)
+    _bind_accounts(memo, indices)
+    name = str(body.metadata.name)
+    key = _account_key(name)
+    wake = w.events.setdefault(key, asyncio.Event())
+    status: dict[str, Any] = dict(body.status)
+    failures = 0
+    while not stopped and not rt.closing:
+        wake.clear()
+        account = remoteaccount.Account(name, str(body.metadata.uid or ""), int(body.metadata.get("generation", 0)),
+                                        body.spec, status)  # fmt: skip
+        try:
+            delay = await remoteaccount.prove(rt, account, failures)
+            failures = 0 if account.status.get("credentialsId") else failures + 1
+        except ResourceGone:
+            break
+        except (KubeError, RemoteError) as error:
+            log.warning("ClusterRemoteAccount %s: %s", name, error)
+            delay, failures = jittered(poll_delay(failures), random.random()), failures + 1
+        await _sleep(wake, stopped, delay)
+    w.forget(key)
+
+
+for _plural in PLURALS:
+    SYNCS[_plural] = functools.partial(remoteaccount.sync_through_account, sync=SYNCS[_plural])

@@ -183,11 +183,18 @@ class Kube:
     async def patch_status(self, ref: ObjectRef, status: Mapping[str, Any]) -> None:
         for attempt in range(STATUS_ATTEMPTS):
             try:
-                await asyncio.to_thread(
-                    self.custom.patch_namespaced_custom_object_status,
-                    GROUP, VERSION, ref.namespace, ref.plural, ref.name, {"status": dict(status)},
-                    _request_timeout=REQUEST_TIMEOUT,
-                )  # fmt: skip
+                if ref.namespace:
+                    await asyncio.to_thread(
+                        self.custom.patch_namespaced_custom_object_status,
+                        GROUP, VERSION, ref.namespace, ref.plural, ref.name, {"status": dict(status)},
+                        _request_timeout=REQUEST_TIMEOUT,
+                    )  # fmt: skip
+                else:  # a cluster-scoped kind (ClusterRemoteAccount)
+                    await asyncio.to_thread(
+                        self.custom.patch_cluster_custom_object_status,
+                        GROUP, VERSION, ref.plural, ref.name, {"status": dict(status)},
+                        _request_timeout=REQUEST_TIMEOUT,
+                    )  # fmt: skip
                 return
             except kubernetes.client.ApiException as error:
                 if error.status == 404:

@@ -64,6 +64,22 @@ What the operator uses, and nothing more: the same rules as deploy/rbac.yaml (a 
 {{- end -}}
 
 {{/*
+ClusterRemoteAccounts and the Namespaces whose labels their selectors match: cluster-scoped, so in a ClusterRole
+(the main one in cluster mode, one of their own in namespaces mode), as deploy/rbac.yaml and the overlay.
+*/}}
+{{- define "certsync.accountRules" -}}
+- apiGroups: [certsync.io]
+  resources: [clusterremoteaccounts]
+  verbs: [get, list, watch]
+- apiGroups: [certsync.io]
+  resources: [clusterremoteaccounts/status]
+  verbs: [patch]
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [get, list, watch]
+{{- end -}}
+
+{{/*
 The Lease rules, as deploy/base/lease-role.yaml: `create` cannot be limited to a name (the object does not exist
 when it is checked); reading and renewing only the operator's own Lease.
 */}}
