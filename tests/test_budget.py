@@ -160,3 +160,18 @@ async def test_the_gate_forgets_turns_and_bounds_its_proofs(monkeypatch: pytest.
     assert gate.quotas.export(Scope("cdn", CDN.endpoint, "unproven ns", "all"), UNPROVEN_QUOTA)["sent"] == []
     gate.forget_owner(("ns", "uid-4:1"))
     assert not gate.is_proven(("ns", "uid-4:1"), CDN.target)
+
+
+def test_restored_send_times_are_bounded_to_the_window_and_its_limit() -> None:
+    """A status is written by the operator, or by whoever may write /status: times ahead of the clock, or more of
+    them than the window holds, would block the scope for ever."""
+    now = [1_000_000.0]
+    budget = RateBudget(clock=lambda: now[0])
+    scope, window = Scope("emqx", "https://e", "d1", "write"), Window(6, 3600.0)
+    forged = [1e12] * 6 + [now[0] + 3] + [now[0] - 10 * n for n in range(1, 20)] + [now[0] - 7200]
+    budget.restore(scope, window, {"sent": forged, "blockedUntil": 1e15})
+    sent = budget.export(scope, window)["sent"]
+    assert isinstance(sent, list) and len(sent) == 6 and max(sent) <= now[0] + 5  # the six latest plausible ones
+    assert budget.next_allowed(scope, window) <= now[0] + 3600 + 5  # a 429's longest block, no more
+    now[0] += 3600 + 10
+    assert budget.remaining(scope, window) == 6  # all gone an hour later

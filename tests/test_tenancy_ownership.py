@@ -205,6 +205,22 @@ async def test_a_forged_ordered_at_holds_no_slot_past_the_forgers_first_pass(wor
     assert world.rt.order_slots == {}  # the pass ended: its slot went back, its order is known to be running
 
 
+async def test_two_forged_running_orders_never_wait_for_each_other(world: World, cdn: Emulator) -> None:
+    """Each status says an order runs: were each to wait for the other's first pass, both (and every order of the
+    account behind them) would wait for ever. Only an older unchecked claimant makes a resource wait."""
+    junk(world, "cdn-creds", token="junk-token")
+    one, two, victim = (order_spec(cdn, resourceId=r) for r in ("res2", "res3", "res1"))
+    account = letsencryptorder.account_of(victim)
+    for name in ("one", "two"):
+        world.kube.status[name] = {"orderedAt": "2099-01-01T00:00:00Z", "target": "forged"}
+    world.claims[(letsencryptorder.INFLIGHT, account)] = [Claim(OLD, B, "one"), Claim("2025-06-01T00:00:00Z", B, "two")]
+    await refused(world, "letsencryptorders", "one", one)  # the oldest waits for nobody: it tries, and is refused
+    with pytest.raises(RemoteError):
+        await world.sync("letsencryptorders", "two", two, created="2025-06-01T00:00:00Z", namespace=B)
+    await world.sync("letsencryptorders", "victim", victim, created=NEW)
+    assert world.ready("victim") == ("False", "Pending") and len(cdn.state.orders) == 1
+
+
 async def test_an_order_slot_goes_back_when_its_pass_fails_after_the_post_and_the_running_order_still_queues(
     world: World, cdn: Emulator
 ) -> None:

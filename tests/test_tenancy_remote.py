@@ -18,6 +18,7 @@ from certsync.budget import (
     EMQX_UNPROVEN_FRACTION,
     EMQX_WRITE,
     UNPROVEN_QUOTA,
+    BudgetExhausted,
     unproven_share,
 )
 from certsync.remote import RateLimitedError, RemoteError
@@ -78,9 +79,9 @@ async def test_junk_tokens_in_one_namespace_cost_one_call_a_minute_and_never_the
                    not isinstance(r, api.TokenRejected))  # fmt: skip
         assert statuses(cdn, LIST) == [401]
         assert await c.list_certificates(victim(cdn)) == []  # at once
-        for _ in range(18):  # the victim keeps the account's window but the one junk call: 20 in all
+        for _ in range(19):  # the refused junk call is no call of the account: the victim keeps all 20
             await c.list_certificates(victim(cdn))
-        assert statuses(cdn, LIST) == [401] + [200] * 19
+        assert statuses(cdn, LIST) == [401] + [200] * 20
         with pytest.raises(RateLimitedError, match="not sent"):
             await c.list_certificates(victim(cdn))
         await advance(cdn, 61)  # a minute later: one more junk attempt, no more
@@ -90,18 +91,22 @@ async def test_junk_tokens_in_one_namespace_cost_one_call_a_minute_and_never_the
     assert cdn.counts()[LOGIN] == 1  # the victim's one login
 
 
-async def test_junk_tokens_of_many_namespaces_share_a_quarter_of_the_accounts_window(cdn: Emulator) -> None:
+async def test_each_namespace_has_its_own_unproven_share_of_the_accounts_window(cdn: Emulator) -> None:
+    """Answers that prove nothing and refuse nothing (here: a token of another account, 455) fill only their
+    namespace's share: another tenant's first unproven call still goes out at once."""
     share = unproven_share(api.CdnClient().window, CDN_UNPROVEN_FRACTION)
     assert share == 5
+    now = cdn.state.core.now()
     async with cdn_client(cdn) as c:
-        for ns in range(12):  # one after the other: the share, not the clock, stops them
-            with pytest.raises(RemoteError):
-                await c.list_certificates(junk_token(cdn, ns, namespace=f"b{ns}"))
-        assert statuses(cdn, LIST) == [401] * share
-        # The victim's password just logged in: its first account call is not held to the unproven share.
-        for _ in range(20 - share):  # the victim still has the rest of the window
-            await c.list_certificates(victim(cdn))
-    assert statuses(cdn, LIST) == [401] * share + [200] * (20 - share)
+        window = c.scope(victim(cdn))
+        for _ in range(share):  # as if namespace b's unproven calls had filled its share this minute
+            c.gate.budget.acquire(window, c.window, unproven_share=share, unproven_of="b")
+        with pytest.raises(BudgetExhausted):
+            c.gate.budget.acquire(window, c.window, unproven_share=share, unproven_of="b")
+        assert c.gate.budget.acquire(window, c.window, unproven_share=share, unproven_of="a") >= now  # its own
+        fresh = api.CdnAccess(cdn.url, "acct1", token="", username=CDN_USER, password=CDN_PASSWORD,
+                              credentials_id="uid-c:1", namespace="c")  # fmt: skip
+        assert await c.list_certificates(fresh) == []  # a third tenant: sent at once
 
 
 async def test_a_429_answered_to_unproven_credentials_blocks_their_namespace_only(cdn: Emulator) -> None:
@@ -148,13 +153,13 @@ async def test_junk_usernames_cannot_delay_the_victims_login(cdn: Emulator) -> N
 async def test_a_password_that_logged_in_uses_the_token_endpoint_beyond_the_unproven_quarter(cdn: Emulator) -> None:
     async with cdn_client(cdn) as c:
         assert await c.token(victim(cdn))
-        for ns in range(12):  # twelve namespaces with junk usernames: a quarter of the endpoint's 20, no more
+        for ns in range(18):  # junk usernames in 18 namespaces: one each, all together 15 of the endpoint's 20
             with pytest.raises(RemoteError):
                 await c.token(guess(cdn, ns, namespace=f"b{ns}", username=f"junk-{ns}"))
-        assert statuses(cdn, LOGIN) == [200] + [401] * 5
+        assert statuses(cdn, LOGIN) == [200] + [401] * 15
         # The victim's password logged in before: another namespace of the victim logs in now, all the same.
         assert await c.token(victim(cdn, namespace="a2", credentials_id="uid-a2:1"))
-        assert statuses(cdn, LOGIN) == [200] + [401] * 5 + [200]
+        assert statuses(cdn, LOGIN) == [200] + [401] * 15 + [200]
 
 
 async def test_a_token_is_never_reused_by_another_namespace(cdn: Emulator) -> None:
@@ -235,6 +240,25 @@ async def test_a_forged_success_in_the_attackers_own_status_costs_at_most_one_re
     assert not cdn.state.banned_until
 
 
+async def test_a_forged_vouch_refused_in_one_namespace_leaves_anothers_vouch_standing(cdn: Emulator) -> None:
+    """After a restart B vouches (in its own status) for a guess, which is refused: B's statuses vouch for nothing
+    more, but A's own status still vouches for A's Secret version, which logs in despite the refusals known."""
+    async with cdn_client(cdn) as first:
+        assert await first.token(victim(cdn))
+        await five_wrong_passwords(cdn, first)
+        saved_a = first.export_login_state(victim(cdn))
+    async with cdn_client(cdn) as restarted:
+        forged = {"endpoint": cdn.url, "username": CDN_USER, "owner": "b/uid-g20",
+                  "succeeded": {"credentialsId": "uid-g20:1", "at": cdn.state.core.now()}}  # fmt: skip
+        restarted.restore_login_state(guess(cdn, 20), forged)
+        await advance(cdn, 61)
+        with pytest.raises(api.LoginRefused, match="wrong username or password"):  # believed once: sent, refused
+            await restarted.token(guess(cdn, 20))
+        restarted.restore_login_state(victim(cdn), saved_a)  # A's first pass after the restart
+        assert await restarted.token(victim(cdn))
+    assert statuses(cdn, LOGIN).count(401) == 6 and not cdn.state.banned_until
+
+
 async def test_a_refusal_of_this_secret_version_restored_from_status_is_not_retried(cdn: Emulator) -> None:
     wrong = guess(cdn, 1, namespace="a")
     async with cdn_client(cdn) as first:
@@ -311,15 +335,16 @@ async def test_junk_keys_naming_a_deployment_never_spend_its_writes(emqx: Emulat
         for n in range(20):
             with pytest.raises(RemoteError):
                 await c.create_tls(junk_key(emqx, n, namespace=f"b{n}"), DEP, "one-way", cert, key)
-        assert emqx_calls(emqx) == [("POST", 401)]  # the unproven share of writes: one an hour
+        # One attempt each (their namespaces' quotas); refused at authentication, none is a call of the deployment.
+        assert emqx_calls(emqx) == [("POST", 401)] * 20
         with pytest.raises(emqx_api.TLSNotConfigured):
-            await c.get_tls(owner_key(emqx), DEP)  # at once; proves the victim's key for the deployment
-        await c.create_tls(owner_key(emqx), DEP, "one-way", cert, key)
-        for _ in range(4):
+            await c.get_tls(owner_key(emqx), DEP)  # at once; a 404 proves nothing, and refuses nothing
+        await c.create_tls(owner_key(emqx), DEP, "one-way", cert, key)  # its namespace's own share: sent, proven
+        for _ in range(5):
             await c.update_tls(owner_key(emqx), DEP, "one-way", cert, key)
-        with pytest.raises(RateLimitedError, match="not sent"):  # 6 writes an hour, the junk one among them
+        with pytest.raises(RateLimitedError, match="not sent"):  # 6 writes an hour, all the victim's
             await c.update_tls(owner_key(emqx), DEP, "one-way", cert, key)
-    assert [s for m, s in emqx_calls(emqx) if m != "GET"] == [401] + [200] * 5
+    assert [s for m, s in emqx_calls(emqx) if m != "GET"] == [401] * 20 + [200] * 6
 
 
 async def test_invented_write_times_hold_only_once_their_owner_is_proven(emqx: Emulator) -> None:
@@ -353,9 +378,9 @@ async def test_an_emqx_429_to_an_unproven_key_blocks_its_namespace_not_the_deplo
 
 
 async def test_a_key_refused_later_loses_its_proof(emqx: Emulator) -> None:
+    leaf = issue("mqtt.example.com")
     async with emqx_client(emqx) as c:
-        with pytest.raises(emqx_api.TLSNotConfigured):
-            await c.get_tls(owner_key(emqx), DEP)
+        await c.create_tls(owner_key(emqx), DEP, "one-way", leaf.cert_pem.decode(), leaf.key_pem().decode())
         emqx.state.config.api_secret = "rotated-at-the-remote"
         with pytest.raises(emqx_api.EmqxUnauthorized):
             await c.get_tls(owner_key(emqx), DEP)
@@ -363,4 +388,4 @@ async def test_a_key_refused_later_loses_its_proof(emqx: Emulator) -> None:
             await c.get_tls(owner_key(emqx), DEP)
         with pytest.raises(RateLimitedError, match="one attempt a minute"):
             await c.get_tls(owner_key(emqx), DEP)
-    assert [s for _, s in emqx_calls(emqx)] == [404, 401, 401]
+    assert [s for _, s in emqx_calls(emqx)] == [200, 401, 401]

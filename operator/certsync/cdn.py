@@ -71,6 +71,7 @@ from certsync import fairshare
 from certsync.budget import CDN_PER_MINUTE, CDN_UNPROVEN_FRACTION, Scope, Window, unproven_share
 from certsync.remote import (
     DECODE_ERRORS,
+    LOGIN_CLASS,
     Attempt,
     Owner,
     RateLimitedError,
@@ -408,7 +409,9 @@ class _LoginMemory:
     succeeded: dict[str, float] = field(default_factory=dict)  # password tag -> when it got a token here
     succeeded_ids: dict[str, float] = field(default_factory=dict)  # credentials_id -> when it got a token here
     vouched: dict[str, float] = field(default_factory=dict)  # credentials_id -> a success its owner's status says
-    vouch_refused: bool = False  # a vouched password was refused here: statuses vouch for nothing more
+    # Namespaces whose status vouched for a password that was then refused here: their statuses vouch for nothing
+    # more (so a forged vouch takes one refusal, never two), while other tenants' vouches still hold.
+    vouch_refused: set[str] = field(default_factory=set)
     in_flight: int = 0  # logins sent and not answered yet: counted as refusals until they are
 
     def prune(self, now: float) -> None:
@@ -438,7 +441,7 @@ class CdnClient(RemoteClient):
     def scope(self, access: CdnAccess, kind: str = "api") -> Scope:
         if kind == "api":
             return Scope("cdn", base_url(access.endpoint), access.account, "all")
-        return Scope("cdn", base_url(access.endpoint), "token-endpoint", "login")
+        return Scope("cdn", base_url(access.endpoint), "token-endpoint", LOGIN_CLASS)
 
     # -- auth --
 
@@ -581,7 +584,7 @@ class CdnClient(RemoteClient):
         """Got a token in this process (the budget's proof too), or for this Secret version by its owner's status
         (for the refusal cap only, and only until one such password is refused here)."""
         cid = access.credentials_id
-        vouched = bool(cid) and cid in memory.vouched and not memory.vouch_refused
+        vouched = bool(cid) and cid in memory.vouched and access.namespace not in memory.vouch_refused
         return self._tag(access.password) in memory.succeeded or vouched
 
     def _refuse_known(self, access: CdnAccess, memory: _LoginMemory) -> None:
@@ -653,7 +656,7 @@ class CdnClient(RemoteClient):
             memory.succeeded.pop(tag, None)
             memory.succeeded_ids.pop(cid, None)
             if memory.vouched.pop(cid, None) is not None:
-                memory.vouch_refused = True
+                memory.vouch_refused.add(access.namespace)
             raise LoginRefused(401, f"wrong username or password for {access.username!r}")
         if response.status_code == 403:
             go.refused()

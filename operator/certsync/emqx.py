@@ -313,8 +313,12 @@ class EmqxClient(RemoteClient):
             go.refused()
         elif code == 429:
             retry_after = go.rate_limited(parse_retry_after(response.headers.get("Retry-After")))
+        elif code == 404:
+            # EMQX answers 404 alike for a deployment without TLS and for one another account's key cannot see: no
+            # proof (the sends stay in the namespace's share), but no refusal either (the quota attempt is back).
+            go.answered()
         elif not retryable_status(code):
-            go.proved()  # an answer past authentication: a 2xx, a 404 (no TLS, or no such deployment), other 4xx
+            go.proved()  # a 2xx, or another 4xx (400, 422): the key reached the deployment
         if response.is_success:
             return response
         raise error_for(method, response, retry_after, scrubber)

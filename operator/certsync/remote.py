@@ -236,6 +236,7 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+LOGIN_CLASS = "login"  # the method class of a token endpoint's scope (cdn.py)
 Owner = tuple[str, str]
 """Whose credentials a call carries: (namespace, credentials_id) of the access object ("<Secret uid>:<version>")."""
 MAX_PROOFS = 4096
@@ -279,7 +280,9 @@ class Attempt:
                     retry_after=free_at - now,
                 )
         try:
-            self._sent.append(self.gate.budget.acquire(self.scope, self.window, unproven_share=self.share))
+            self._sent.append(
+                self.gate.budget.acquire(self.scope, self.window, unproven_share=self.share, unproven_of=self.owner[0])
+            )
         except BudgetExhausted as exhausted:
             raise RateLimitedError(
                 f"not sent: the share of {self.scope} left to credentials not proven yet is used; the next call is "
@@ -295,14 +298,28 @@ class Attempt:
         """The answer was not an authentication refusal: the owner is proven for the target from now on."""
         if not self.proven:
             for sent in self._sent:
-                self.gate.budget.prove(self.scope, self.window, sent)
+                self.gate.budget.prove(self.scope, self.window, sent, self.owner[0])
             if self._quota_sent is not None:
                 self.gate.quotas.refund(self.quota_scope, UNPROVEN_QUOTA, self._quota_sent)
             self._sent, self._quota_sent, self.proven = [], None, True
         self.gate.prove(self.owner, self.scope.target)
 
+    def answered(self) -> None:
+        """An answer that is no refusal and no proof (EMQX's 404: no TLS there, or a deployment these credentials
+        cannot see): the namespace's quota attempt is given back, the sends stay in its share until a proof."""
+        if not self.proven and self._quota_sent is not None:
+            self.gate.quotas.refund(self.quota_scope, UNPROVEN_QUOTA, self._quota_sent)
+            self._quota_sent = None
+
     def refused(self) -> None:
-        """The remote refused these credentials for the target: whatever proof they held is gone."""
+        """The remote refused these credentials for the target: whatever proof they held is gone. An unproven
+        owner's refused API calls leave the target's window and share (refused at authentication, they are no calls
+        of the account: junk credentials never cost its owner anything); its namespace's quota attempt stays spent.
+        A refused login stays counted: the token endpoint's limit counts the logins it answers, refused or not."""
+        if not self.proven and self.scope.method_class != LOGIN_CLASS:
+            for sent in self._sent:
+                self.gate.budget.refund(self.scope, self.window, sent, self.owner[0])
+            self._sent = []
         self.gate.unprove(self.owner, self.scope.target)
 
     def rate_limited(self, retry_after: float | None) -> float:

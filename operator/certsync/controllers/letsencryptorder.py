@@ -126,7 +126,8 @@ def order_busy(rt: Runtime, r: Resource) -> tuple[State, float] | None:
     delay = QUEUED_S if others else CLAIMANT_WAIT_S
     for claim in rt.owners(INFLIGHT, account):
         key = (r.plural, claim.namespace, claim.name)
-        if key != r.key and key not in rt.proofs.passed:
+        # Only an older one: two orders whose (forgeable) status both say running never wait for each other.
+        if key != r.key and key not in rt.proofs.passed and claim < r.claim:
             others.append(claim)
     if not others:
         return None
