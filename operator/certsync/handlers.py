@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import kopf
 
-from certsync import accounts
+from certsync import accounts, fairshare
 from certsync.budget import EMQX_READ, EMQX_WRITE, RateBudget, Window
 from certsync.cdn import CdnClient
 from certsync.controllers import cdncertificate, deletion, deploymenttls, letsencryptorder, remoteaccount
@@ -404,10 +404,13 @@ def _on_delete(plural: str) -> None:
         rt.owners, rt.login_states = _owners(indices), _login_states(indices)
         r = _resource(plural, body, {})
         remoteaccount.resolve_spec(rt, r)  # through an account: its endpoint and Secret (a refused one removes nothing)
+        tenant = fairshare.NAMESPACE.set(r.namespace)  # its remote calls take their tenant's turn, not everyone's
         try:
             again = await deletion.delete(rt, r, body.metadata.get("deletionTimestamp"), retry)
         except KubeError as error:
             raise kopf.TemporaryError(error.message, delay=poll_delay(retry)) from None
+        finally:
+            fairshare.NAMESPACE.reset(tenant)
         if again is not None:
             raise kopf.TemporaryError("removing the remote certificate; retrying", delay=again)
         rt.metrics.forget(KINDS[plural], r.namespace, r.name)
