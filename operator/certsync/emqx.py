@@ -31,6 +31,7 @@ error leaving the client.
 from __future__ import annotations
 
 import datetime as dt
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
@@ -252,8 +253,11 @@ class EmqxClient(RemoteClient):
     def __init__(self, *, read_window: Window = EMQX_READ, write_window: Window = EMQX_WRITE, **common: Any) -> None:
         super().__init__(**common)
         self.windows = {"read": read_window, "write": write_window}
-        # What unproven credentials may send of each window, all namespaces together (one write, ten reads).
+        # What one namespace's unproven credentials may send of each window (one write, ten reads).
         self.shares = {k: unproven_share(w, EMQX_UNPROVEN_FRACTION) for k, w in self.windows.items()}
+        # Secret versions the deployment refused (401/403): not sent again until the Secret changes, so a woken
+        # resource keeps its reason instead of meeting its namespace's quota (and costs the remote nothing).
+        self._refused: OrderedDict[tuple[Owner, str], EmqxError] = OrderedDict()
 
     def restore_write_times(self, access: EmqxAccess, deployment_id: str, times: object) -> None:
         """Write times read from a resource's status (`writeTimes`): they join the deployment's window once these
@@ -278,8 +282,13 @@ class EmqxClient(RemoteClient):
         """One call (with its retries): the parsed answer of a success, else a typed error, scrubbed."""
         scrubber = Scrubber.of(*access.secrets(), (body or {}).get("key"))  # certificates are public
         kwargs: dict[str, Any] = {"sleep": self._sleep} if self._sleep else {}
+        scope, window = self.scope(access, deployment_id, method)
+        refusal = (owner(access), scope.target)
+        known = self._refused.get(refusal) if access.credentials_id else None
+        if known is not None:
+            raise type(known)(known.status, f"{known.remote_message} (refused before: not sent again until the "
+                              "credentials Secret changes)")  # fmt: skip
         try:
-            scope, window = self.scope(access, deployment_id, method)
             # One attempt of the owner for the deployment, its retries included.
             async with self.gate.attempt(owner(access), scope, window, self.shares[scope.method_class]) as go:
                 response = await with_retries(
@@ -288,9 +297,15 @@ class EmqxClient(RemoteClient):
                     idempotent=method == "GET",
                     **kwargs,
                 )
+            self._refused.pop(refusal, None)
             return parse(response, scrubber)
         except RemoteError as error:
-            raise error.scrubbed(scrubber) from error.__cause__
+            scrubbed = error.scrubbed(scrubber)
+            if isinstance(scrubbed, EmqxUnauthorized | EmqxForbidden) and access.credentials_id:
+                self._refused[refusal] = scrubbed
+                while len(self._refused) > MAX_REFUSED:
+                    self._refused.popitem(last=False)
+            raise scrubbed from error.__cause__
 
     async def _call_once(
         self,
@@ -341,6 +356,7 @@ class EmqxClient(RemoteClient):
         await self._call(access, "DELETE", deployment_id, None, _nothing)
 
 
+MAX_REFUSED = 4096  # refused Secret versions remembered (least recently refused forgotten: it is tried once more)
 REFUSING = (401, 403)
 """Answers that refuse the credentials for the deployment (a wrong key or secret; a key without this deployment):
 no proof. Any other answer that is not a retryable failure proves the credentials for the deployment."""
