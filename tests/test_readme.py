@@ -452,7 +452,7 @@ def test_helm_install_then_examples_upgrade_uninstall_and_crd_removal(fresh: Kub
     assert container["image"] == "registry.example.com/certsync:0.1.0"
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     fresh.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")  # the chart installed them
-    assert len(fresh.kubectl("get", "crd", "-o", "name").stdout.split()) == 3
+    assert len(fresh.kubectl("get", "crd", "-o", "name").stdout.split()) == 4  # the ClusterRemoteAccount among them
     fresh.kubectl("get", "deployment/certsync", "serviceaccount/certsync", "-n", "certsync-system")
 
     # The README's allowlist, as the chart rendered it, allows every endpoint of examples/ (and nothing else).
@@ -514,7 +514,7 @@ def test_helm_install_then_examples_upgrade_uninstall_and_crd_removal(fresh: Kub
 
         shell(one("helm uninstall certsync"))
         assert fresh.kubectl("get", "serviceaccount/certsync", "-n", "certsync-system", check=False).returncode != 0
-        assert len(fresh.kubectl("get", "crd", "-o", "name").stdout.split()) == 3  # kept
+        assert len(fresh.kubectl("get", "crd", "-o", "name").stdout.split()) == 4  # kept
         names = fresh.kubectl("get", "dtls,cdncert,leorder", "-n", "demo", "-o", "name").stdout.split()
         assert len(names) == 4, names
 
@@ -582,7 +582,7 @@ def test_kustomize_install_upgrade_and_uninstall(fresh: Kube, tmp_path: Path) ->
     for name in ("clusterrole/certsync", "clusterrolebinding/certsync"):
         assert fresh.kubectl("get", name, check=False).returncode != 0, name
     assert fresh.kubectl("get", "deployment/certsync", "-n", "certsync-system", check=False).returncode != 0
-    assert len(fresh.kubectl("get", "crd", "-o", "name").stdout.split()) == 3  # the CRDs stay
+    assert len(fresh.kubectl("get", "crd", "-o", "name").stdout.split()) == 4  # the CRDs stay
     shell.ran_all(KUSTOMIZE_FLOW)
 
 
