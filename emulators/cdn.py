@@ -37,7 +37,7 @@ from cryptography.x509.oid import NameOID
 
 from emulators import certs
 from emulators.cdnresources import TASK_DELAY_S, ResourceStore, resource_routes
-from emulators.common import EmulatorCore, SlidingLimit, control_routes, fault_middleware, json_response
+from emulators.common import EmulatorCore, SlidingLimit, body_of, control_routes, fault_middleware, json_response
 
 DIALECTS = {
     "auth-token": "the token endpoint answers the token as `auth_token` instead of `token`",
@@ -395,13 +395,6 @@ def build_app(state: CdnState) -> web.Application:
             return web.Response(status=429, headers={"Retry-After": str(max(1, int(wait + 0.999)))})
         state.advance_orders()
         return await handler(request)  # type: ignore[no-any-return]
-
-    async def body_of(request: web.Request) -> dict[str, Any] | None:
-        try:
-            body = await request.json()
-        except ValueError:
-            return None
-        return body if isinstance(body, dict) else None
 
     async def list_certificates(_: web.Request) -> web.Response:
         shown = [c.as_json(False, config.dialects) for c in state.certificates.values() if not state.hidden.get(c.seq)]

@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from emulators.common import SlidingLimit, json_response
+from emulators.common import SlidingLimit, body_of, json_response
 
 CONFIG_LIMIT = 20  # configuration requests a minute per account
 MAX_RESOURCES = 100
@@ -116,13 +116,6 @@ def resource_routes(
                 return web.Response(status=429, headers={"Retry-After": str(max(1, int(wait + 0.999)))})
         store.settle(now())
         return None
-
-    async def body_of(request: web.Request) -> dict[str, Any] | None:
-        try:
-            body = await request.json()
-        except ValueError:
-            return None
-        return body if isinstance(body, dict) else None
 
     def invalid(body: dict[str, Any]) -> web.Response | None:
         """Fields this API does not have, or a certificate that is not an SSL API seq of the account."""

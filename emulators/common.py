@@ -87,6 +87,15 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return web.json_response(data, status=status, headers=headers, dumps=lambda d: json.dumps(d, ensure_ascii=False))
 
 
+async def body_of(request: web.Request) -> dict[str, Any] | None:
+    """A request's JSON object, or None for anything else (not JSON, or JSON that is not an object)."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
 def route_template(request: web.Request) -> str:
     info = request.match_info.route.resource
     return info.canonical if info is not None else request.path
