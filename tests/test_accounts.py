@@ -8,7 +8,7 @@ the account's (one login for all its users, one more per rotation), and the acco
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import pytest
@@ -326,7 +326,7 @@ async def test_the_accounts_status_reasons(world: World, emqx: Emulator, cdn: Em
     assert world.ready("mqtt") == ("False", "SecretNotFound")
     assert PLATFORM in world.status("mqtt")["conditions"][0]["message"]  # the platform's own object may say where
 
-    async def forbidden(namespace: str, name: str) -> SecretView | None:
+    async def forbidden(namespace: str, name: str, keys: Iterable[str]) -> SecretView | None:
         raise KubeError("SecretForbidden", f"may not read Secret {name!r} in namespace {namespace!r}", transient=False)
 
     world.kube.read_secret = forbidden  # type: ignore[method-assign]

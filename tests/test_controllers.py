@@ -6,8 +6,9 @@ an operator restart: what a pass knows must have been recorded, or it is lost.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,8 +49,13 @@ class FakeKube:
     events: list[tuple[str, str, str]] = field(default_factory=list)
     fail: Callable[[Mapping[str, Any]], bool] = lambda patch: False
 
-    async def read_secret(self, namespace: str, name: str) -> SecretView | None:
-        return self.secrets.get((namespace, name))
+    async def read_secret(self, namespace: str, name: str, keys: Iterable[str]) -> SecretView | None:
+        """Only the asked keys, as the real layer keeps them: a pass that forgets a key it uses fails here."""
+        kept = self.secrets.get((namespace, name))
+        if kept is None:
+            return None
+        wanted = frozenset(keys)
+        return dataclasses.replace(kept, data={k: v for k, v in kept.data.items() if k in wanted}, read_for=wanted)
 
     async def patch_status(self, ref: ObjectRef, status: Mapping[str, Any]) -> None:
         """As the API server would: a field the CRD does not declare would be pruned, a wrong value refused."""
@@ -472,7 +478,7 @@ async def test_delete_honours_the_timeout_whatever_fails(
     spec = {**cdn_spec(cdn), "deletionPolicy": "Delete"}
     await world.sync("cdncertificates", "shop", spec)
 
-    async def failing_read(namespace: str, name: str) -> SecretView | None:
+    async def failing_read(namespace: str, name: str, keys: Iterable[str]) -> SecretView | None:
         raise KubeError("InternalError", "reading the Secret failed: the API server is gone", transient=True)
 
     monkeypatch.setattr(world.kube, "read_secret", failing_read)
@@ -610,7 +616,7 @@ async def test_a_forbidden_secret_stalls_with_its_own_reason_and_is_looked_at_ag
     refusal = KubeError("SecretForbidden", "the operator's ServiceAccount may not read Secret 'mqtt-tls' (RBAC)",
                         transient=False, retry_after=SECRET_FORBIDDEN_RETRY_S)  # fmt: skip
 
-    async def forbidden(namespace: str, name: str) -> SecretView | None:
+    async def forbidden(namespace: str, name: str, keys: Iterable[str]) -> SecretView | None:
         raise refusal
 
     monkeypatch.setattr(world.kube, "read_secret", forbidden)

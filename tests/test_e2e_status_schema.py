@@ -10,6 +10,7 @@ from typing import Any
 import kubernetes
 import pytest
 from certsync.kube import Kube, KubeError
+from certsync.reconcile import TLS_KEYS
 
 from devkit.factory import issue
 from devkit.kube import Kube as Cluster
@@ -74,7 +75,7 @@ async def test_a_secret_the_service_account_may_not_read_is_secret_forbidden(
     config = sa_kubeconfig("no-secrets", [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}])
     layer = Kube(kubernetes.config.new_client_from_config(config_file=str(config)))
     with pytest.raises(KubeError) as raised:
-        await layer.read_secret(namespace, "mqtt-tls")
+        await layer.read_secret(namespace, "mqtt-tls", TLS_KEYS)
     assert raised.value.reason == "SecretForbidden" and not raised.value.transient
     assert "ServiceAccount" in raised.value.message and namespace in raised.value.message
 

@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -75,7 +75,7 @@ class ObjectRef:
 
 
 class KubeLayer(Protocol):
-    async def read_secret(self, namespace: str, name: str) -> SecretView | None: ...
+    async def read_secret(self, namespace: str, name: str, keys: Iterable[str]) -> SecretView | None: ...
 
     async def patch_status(self, ref: ObjectRef, status: Mapping[str, Any]) -> None: ...
 
@@ -116,17 +116,21 @@ class Kube:
         # count lost to two patches of the same value). Striped: a fixed set of locks, whatever the Events.
         self._event_locks = [asyncio.Lock() for _ in range(EVENT_LOCKS)]
 
-    async def read_secret(self, namespace: str, name: str) -> SecretView | None:
-        """The Secret's body: kept from an earlier read while the Secret watch says it has not changed."""
+    async def read_secret(self, namespace: str, name: str, keys: Iterable[str]) -> SecretView | None:
+        """The Secret's `keys` (those present; the others are dropped as soon as read): kept from an earlier read
+        while the Secret watch says it has not changed and that read covered these keys."""
+        wanted = frozenset(keys)
         kept = self.secrets.fresh(namespace, name) if self.secrets else None
-        if kept is not None:
+        if kept is not None and kept.serves(wanted):
             return kept
-        view = await self._read_secret(namespace, name)
+        if kept is not None and kept.read_for is not None:
+            wanted |= kept.read_for  # the same Secret serves passes of several shapes (TLS and client CA)
+        view = await self._read_secret(namespace, name, wanted)
         if view is not None and self.secrets is not None:
             self.secrets.keep(namespace, name, view)
         return view
 
-    async def _read_secret(self, namespace: str, name: str) -> SecretView | None:
+    async def _read_secret(self, namespace: str, name: str, keys: frozenset[str]) -> SecretView | None:
         try:
             secret = await asyncio.to_thread(
                 self.http.json, "GET", path("api", "v1", "namespaces", namespace, "secrets", name),
@@ -163,6 +167,8 @@ class Kube:
             raise KubeError("InternalError", f"reading Secret {name!r}: the answer is not that Secret", transient=True)
         data: dict[str, bytes] = {}
         for key, value in (secret.get("data") or {}).items():
+            if key not in keys:
+                continue  # never decoded, never kept
             try:
                 data[key] = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
@@ -178,7 +184,7 @@ class Kube:
                     transient=False,
                 )
         uid, version = str(meta.get("uid") or ""), str(meta.get("resourceVersion") or "")
-        return SecretView(str(secret.get("type") or ""), data, uid=uid, version=version)
+        return SecretView(str(secret.get("type") or ""), data, uid=uid, version=version, read_for=keys)
 
     async def patch_status(self, ref: ObjectRef, status: Mapping[str, Any]) -> None:
         for attempt in range(STATUS_ATTEMPTS):

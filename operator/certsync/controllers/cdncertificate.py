@@ -26,7 +26,17 @@ from certsync.controllers.base import (
     tracked,
     unproven_with_rivals,
 )
-from certsync.reconcile import Problem, State, TLSMaterial, check_tls_secret, credentials, credentials_id
+from certsync.reconcile import (
+    CDN_CREDENTIALS,
+    TLS_KEYS,
+    Problem,
+    State,
+    TLSMaterial,
+    check_tls_secret,
+    credentials,
+    credentials_id,
+    keys_of,
+)
 from certsync.reconcile import cdn as rc
 from certsync.reconcile.record import Intent, new_intent
 from certsync.reconcile.targets import target_key
@@ -43,8 +53,8 @@ async def cdn_access(rt: Runtime, r: Resource) -> CdnAccess | Problem:
     """The account's access from the credentials Secret, with every login refusal recorded for that Secret."""
     # Through a ClusterRemoteAccount the Secret is the account's, and so is the owner of the login.
     secret_ns, name, owner = accounts.credentials_location(r.namespace, r.spec)
-    secret = await rt.kube.read_secret(secret_ns, name) if secret_ns else None
-    creds = credentials(name, secret, [("token",), ("username", "password")])
+    secret = await rt.kube.read_secret(secret_ns, name, keys_of(CDN_CREDENTIALS)) if secret_ns else None
+    creds = credentials(name, secret, CDN_CREDENTIALS)
     if isinstance(creds, Problem) or secret is None:
         return creds if isinstance(creds, Problem) else Problem("SecretNotFound", f"Secret {name!r} not found")
     access = CdnAccess(
@@ -160,7 +170,8 @@ async def _sync(rt: Runtime, r: Resource) -> float | None:
     name = str(spec["secretName"])
     # Off the event loop: loading a key checks it (tens of ms for RSA-2048, more for larger), and the loop must
     # keep renewing the Lease meanwhile.
-    material = await asyncio.to_thread(check_tls_secret, name, await rt.kube.read_secret(r.namespace, name), now)
+    secret = await rt.kube.read_secret(r.namespace, name, TLS_KEYS)
+    material = await asyncio.to_thread(check_tls_secret, name, secret, now)
     if isinstance(material, Problem):
         return await finish(rt, r, material.state(), {}, None)
     access = await cdn_access(rt, r)

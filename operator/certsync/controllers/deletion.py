@@ -23,7 +23,7 @@ from certsync.controllers import cdncertificate, deploymenttls, letsencryptorder
 from certsync.controllers.base import Resource, Runtime, conflict, event, precheck
 from certsync.emqx import EmqxAccess, TLSNotConfigured
 from certsync.kube import KubeError
-from certsync.reconcile import Problem, credentials
+from certsync.reconcile import EMQX_CREDENTIALS, Problem, credentials, keys_of
 from certsync.reconcile.conditions import parse_time, poll_delay
 from certsync.reconcile.targets import target_key
 from certsync.remote import RemoteError
@@ -128,9 +128,9 @@ async def _removal(rt: Runtime, r: Resource) -> Callable[[], Awaitable[None]] | 
 async def _credentials(rt: Runtime, r: Resource) -> Any:
     """Credentials from the Secret, else the last ones that worked (kept in memory only), else None."""
     secret_ns, name, _ = accounts.credentials_location(r.namespace, r.spec)
-    secret = await rt.kube.read_secret(secret_ns, name) if secret_ns else None
     if r.plural == "deploymenttlses":
-        creds = credentials(name, secret, [("apiKey", "apiSecret")])
+        secret = await rt.kube.read_secret(secret_ns, name, keys_of(EMQX_CREDENTIALS)) if secret_ns else None
+        creds = credentials(name, secret, EMQX_CREDENTIALS)
         if not isinstance(creds, Problem):
             return deploymenttls.emqx_access(r, creds, secret)
     else:

@@ -24,6 +24,8 @@ from certsync.controllers.base import (
 )
 from certsync.emqx import DeploymentTLSInfo, EmqxAccess, TLSNotConfigured
 from certsync.reconcile import (
+    EMQX_CREDENTIALS,
+    TLS_KEYS,
     SecretView,
     State,
     TLSMaterial,
@@ -31,6 +33,7 @@ from certsync.reconcile import (
     check_tls_secret,
     credentials,
     credentials_id,
+    keys_of,
 )
 from certsync.reconcile import deploymenttls as rd
 from certsync.reconcile.conditions import POLL_FIRST_S
@@ -70,7 +73,8 @@ async def _sync(rt: Runtime, r: Resource) -> float | None:
     name = str(spec["secretName"])
     # Off the event loop: loading a key checks it (tens of ms for RSA-2048, more for larger), and the loop must
     # keep renewing the Lease meanwhile.
-    material = await asyncio.to_thread(check_tls_secret, name, await rt.kube.read_secret(r.namespace, name), now)
+    secret = await rt.kube.read_secret(r.namespace, name, TLS_KEYS)
+    material = await asyncio.to_thread(check_tls_secret, name, secret, now)
     if not isinstance(material, TLSMaterial):
         return await finish(rt, r, material.state(), {}, None)
     try:  # what EMQX itself refuses (key types, issuer's algorithm, 60 days left) costs no call
@@ -90,14 +94,15 @@ async def _sync(rt: Runtime, r: Resource) -> float | None:
         ref = spec.get("clientCA") or {}
         if not ref:
             return await finish(rt, r, State("stalled", "InvalidSpec", "two-way TLS needs spec.clientCA"), {}, None)
-        ca = check_ca_secret(ref["secretName"], ref.get("key", "ca.crt"),
-                             await rt.kube.read_secret(r.namespace, ref["secretName"]))  # fmt: skip
+        ca_key = str(ref.get("key", "ca.crt"))
+        ca_secret = await rt.kube.read_secret(r.namespace, ref["secretName"], [ca_key])
+        ca = check_ca_secret(ref["secretName"], ca_key, ca_secret)
         if not isinstance(ca, tuple):
             return await finish(rt, r, ca.state(), {}, None)
         cacert, ca_digest = ca
     creds_ns, creds_name, _ = accounts.credentials_location(r.namespace, spec)
-    creds_secret = await rt.kube.read_secret(creds_ns, creds_name) if creds_ns else None
-    creds = credentials(creds_name, creds_secret, [("apiKey", "apiSecret")])
+    creds_secret = await rt.kube.read_secret(creds_ns, creds_name, keys_of(EMQX_CREDENTIALS)) if creds_ns else None
+    creds = credentials(creds_name, creds_secret, EMQX_CREDENTIALS)
     if not isinstance(creds, dict):
         return await finish(rt, r, creds.state(), {}, None)
     access = emqx_access(r, creds, creds_secret)

@@ -20,7 +20,7 @@ from certsync.cdn import CdnAccess
 from certsync.controllers.base import Resource, Runtime, finish, state_for_error, tracked
 from certsync.emqx import EmqxAccess, TLSNotConfigured
 from certsync.kube import KubeError, ObjectRef
-from certsync.reconcile import Problem, State, credentials, credentials_id
+from certsync.reconcile import CDN_CREDENTIALS, EMQX_CREDENTIALS, Problem, State, credentials, credentials_id, keys_of
 from certsync.reconcile.conditions import conditions
 from certsync.remote import RemoteError
 from certsync.scrub import GENERIC
@@ -91,13 +91,13 @@ async def prove(rt: Runtime, a: Account, attempt: int = 0) -> float | None:
         return await _record(rt, a, state, {}, None)
     ref = a.spec["credentialsSecretRef"]
     secret_ns, secret_name = str(ref["namespace"]), str(ref["name"])
+    keys = EMQX_CREDENTIALS if a.spec["provider"] == "emqx" else CDN_CREDENTIALS
     try:
-        secret = await rt.kube.read_secret(secret_ns, secret_name)
+        secret = await rt.kube.read_secret(secret_ns, secret_name, keys_of(keys))
     except KubeError as error:
         if error.transient:
             raise
         return await _record(rt, a, State("stalled", error.reason, error.message), {}, error.retry_after)
-    keys = [("apiKey", "apiSecret")] if a.spec["provider"] == "emqx" else [("token",), ("username", "password")]
     creds = credentials(secret_name, secret, keys)
     if isinstance(creds, Problem):
         message = creds.message.replace("the resource's namespace", f"namespace {secret_ns!r}")

@@ -8,6 +8,9 @@ kstatus conditions read.
 
 from certsync.reconcile.conditions import POLL_FIRST_S, State, conditions, poll_delay
 from certsync.reconcile.inputs import (
+    CDN_CREDENTIALS,
+    EMQX_CREDENTIALS,
+    TLS_KEYS,
     TLS_SECRET_TYPE,
     Problem,
     SecretView,
@@ -16,10 +19,14 @@ from certsync.reconcile.inputs import (
     check_tls_secret,
     credentials,
     credentials_id,
+    keys_of,
 )
 
 __all__ = [
+    "CDN_CREDENTIALS",
+    "EMQX_CREDENTIALS",
     "POLL_FIRST_S",
+    "TLS_KEYS",
     "TLS_SECRET_TYPE",
     "Problem",
     "SecretView",
@@ -30,5 +37,6 @@ __all__ = [
     "conditions",
     "credentials",
     "credentials_id",
+    "keys_of",
     "poll_delay",
 ]

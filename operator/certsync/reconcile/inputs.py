@@ -10,6 +10,15 @@ from certsync import pki
 from certsync.reconcile.conditions import State
 
 TLS_SECRET_TYPE = "kubernetes.io/tls"
+TLS_KEYS = ("tls.crt", "tls.key")
+# Credentials a Secret may hold, by remote API: the first complete set is used.
+EMQX_CREDENTIALS: tuple[tuple[str, ...], ...] = (("apiKey", "apiSecret"),)
+CDN_CREDENTIALS: tuple[tuple[str, ...], ...] = (("token",), ("username", "password"))
+
+
+def keys_of(options: Sequence[Sequence[str]]) -> frozenset[str]:
+    """Every key named by a set of credential options: what a pass reads of a credentials Secret."""
+    return frozenset(key for option in options for key in option)
 
 
 @dataclass(frozen=True)
@@ -20,6 +29,12 @@ class SecretView:
     data: Mapping[str, bytes] = field(repr=False)
     uid: str = ""
     version: str = ""
+    # The keys this view was read for (None: all): a Secret's other keys are never kept, so a kept view serves
+    # only passes asking for keys within these.
+    read_for: frozenset[str] | None = None
+
+    def serves(self, keys: frozenset[str]) -> bool:
+        return self.read_for is None or keys <= self.read_for
 
     @property
     def size(self) -> int:
@@ -59,10 +74,10 @@ def check_tls_secret(name: str, secret: SecretView | None, now: dt.datetime) -> 
         return Problem("SecretNotFound", f"Secret {name!r} not found in the resource's namespace")
     if secret.type != TLS_SECRET_TYPE:
         return Problem("InvalidSecret", f"Secret {name!r} has type {secret.type!r}; {TLS_SECRET_TYPE!r} is required")
-    for key in ("tls.crt", "tls.key"):
+    for key in TLS_KEYS:
         if not secret.data.get(key):
             return Problem("InvalidSecret", f"Secret {name!r} has no {key!r}")
-    text = _utf8(name, secret, ("tls.crt", "tls.key"))
+    text = _utf8(name, secret, TLS_KEYS)
     if isinstance(text, Problem):
         return text
     try:
