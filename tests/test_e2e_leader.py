@@ -304,3 +304,37 @@ def test_a_clean_stop_hands_over_at_once(
     rotate_and_wait(kube, namespace)
     assert [w["method"] for w in emqx_process.writes()] == ["POST", "PUT"]
     assert assert_one_replica_at_a_time(emqx_process, a, b) == ["a", "b"]
+
+
+def test_an_rsa_16384_leaf_is_refused_at_once_while_the_leader_keeps_its_lease(
+    kube: Kube, namespace: str, replicas: Replicas, emqx_process: EmulatorProcess
+) -> None:
+    """Checking such a key would take tens of seconds: on the event loop the leader missed its renew deadline,
+    exited, and the standby loaded the same Secret. Its size is refused from the certificate, off the loop."""
+    a, b = start_two_and_sync(kube, namespace, replicas, emqx_process)
+    data = Path(__file__).resolve().parent / "data"
+    huge = tls_secret("huge-tls", (data / "rsa16384.crt").read_bytes(), (data / "rsa16384.key").read_bytes())
+    kube.apply(huge, namespace=namespace)
+    kube.apply(dtls("huge", emqx_process.url, deployment="hugedep", secretName="huge-tls"), namespace=namespace)
+
+    def ready() -> dict[str, str]:
+        status = kube.get("deploymenttls", "huge", namespace).get("status") or {}
+        return next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+
+    wait_until(lambda: ready().get("reason") == "KeyTypeUnsupported", 30, "the huge key is refused")
+    created = kube.get("deploymenttls", "huge", namespace)["metadata"]["creationTimestamp"]
+    refused = dt.datetime.fromisoformat(ready()["lastTransitionTime"]) - dt.datetime.fromisoformat(created)
+    assert refused <= dt.timedelta(seconds=2), refused  # timestamps are whole seconds: within a second, plus one
+
+    def lease() -> dict[str, str]:
+        return kube.get("lease", f"leader-{namespace}", "certsync-system")["spec"]  # type: ignore[no-any-return]
+
+    first = dt.datetime.fromisoformat(lease()["renewTime"])
+    # The leader goes on renewing (every RETRY_PERIOD) past a renew deadline after the refusal, and stays leader.
+    wait_until(
+        lambda: dt.datetime.fromisoformat(lease()["renewTime"]) > first + dt.timedelta(seconds=RENEW_DEADLINE),
+        RENEW_DEADLINE + 2 * RETRY_PERIOD + SLACK + 5, "the leader renews its Lease past a renew deadline",
+    )  # fmt: skip
+    assert lease()["holderIdentity"] == a.identity() and not a.exited() and a.role() == "leader"
+    assert b.role() == "standby"
+    assert [w["method"] for w in emqx_process.writes()] == ["POST"]  # the broker's only; nothing for the huge key
