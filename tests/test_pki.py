@@ -243,17 +243,6 @@ def test_non_utf8_bytes_are_invalid_secret_with_their_position(which: str) -> No
         pki.validate_tls(cert_pem, key_pem, NOW)
 
 
-def test_secret_texts_name_the_secret_and_key() -> None:
-    assert pki.secret_texts({"apiKey": b"k", "apiSecret": b"s"}, ["apiKey", "apiSecret"], "creds") == {
-        "apiKey": "k",
-        "apiSecret": "s",
-    }
-    with pytest.raises(
-        pki.InvalidSecret, match=r"Secret 'creds' key 'apiSecret' is not UTF-8 text: byte 0xFF at line 1, column 3"
-    ):
-        pki.secret_texts({"apiSecret": b"ab\xff"}, ["apiSecret"], "creds")
-
-
 def test_files_are_named_in_messages() -> None:
     cert, other = issue("a.example"), issue("b.example")
     with pytest.raises(pki.KeyMismatch, match=r"^b\.key does not match .* of a\.crt$"):

@@ -115,10 +115,6 @@ def test_an_unfinished_write_is_settled_by_what_the_remote_holds(remote: rd.Remo
     assert Intent.from_status(intent.to_status()) == intent
 
 
-def test_same_observed_state_gives_the_same_plan() -> None:
-    assert plan(SYNCED, RUNNING) == plan(SYNCED, RUNNING)
-
-
 CDN_TARGET = "https://cdn.example|acct1"
 CDN_WANT = cdn.Desired(CDN_TARGET, "D2", ("AA", "BB"), "www.shop.example", None)
 CYCLE = 6 * 3600

@@ -22,7 +22,7 @@ import re
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -124,11 +124,6 @@ def secret_text(data: bytes, where: str) -> str:
         raise InvalidSecret(
             f"{where} is not UTF-8 text: byte 0x{data[error.start]:02X} at line {line}, column {column}"
         ) from None
-
-
-def secret_texts(data: Mapping[str, bytes], keys: Sequence[str], secret: str) -> dict[str, str]:
-    """`secret_text` for several keys of one Secret, named `Secret '<name>' key '<key>'` in messages."""
-    return {key: secret_text(data[key], f"Secret {secret!r} key {key!r}") for key in keys}
 
 
 @dataclass(frozen=True)

@@ -86,8 +86,3 @@ def parse_time(value: object) -> dt.datetime | None:
         return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-
-
-def seconds_since(value: object, now: dt.datetime) -> float | None:
-    then = parse_time(value)
-    return None if then is None else (now - then).total_seconds()
