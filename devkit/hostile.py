@@ -1,13 +1,22 @@
-"""Hostile fake remotes for the security tests: an EMQX and a CDN that echo every secret they receive.
+"""Hostile fake remotes for the end-to-end tests: an EMQX and a CDN that echo, drip, flood or nest.
 
-Each answers a chosen error status, and its message (and, for some, its whole body) quotes back the
-request: the body (the private key, the certificate, the password form), the `Authorization` header
-(EMQX's API secret in Basic form) and the `CDN-AUTH-TOKEN` header. A real remote that echoes its input
-is what they stand for; the operator must turn all of it into reasons without a secret in any log,
-Event, status or metric.
+`answer` picks what every call gets:
 
-They run on loopback in a thread of the test process (plain `http.server`), record every call, and need
-no event loop, so synchronous end-to-end tests can start, reconfigure and read them.
+- "echo" (the default): a chosen error status whose message (and, for some, whole body) quotes back the
+  request: the body (the private key, the certificate, the password form), the `Authorization` header
+  (EMQX's API secret in Basic form) and the `CDN-AUTH-TOKEN` header. The operator must turn all of it into
+  reasons without a secret in any log, Event, status or metric.
+- "drip": a 200 whose JSON body never ends, one byte a second until the client cuts the call (only a
+  whole-call deadline ends it; `open_calls()` says how many are being answered).
+- "huge": a 200 with a well-formed JSON body of `huge_bytes` (48 MiB by default, as measured against the
+  operator), with or without a `Content-Length` (`declare_length`): without one, only a byte cap on the
+  stream stops the read.
+- "nested": a 200 whose JSON envelope holds arrays nested `depth` deep (200,000: past Python's recursion
+  limit, small enough to pass any byte cap).
+
+They run on loopback in a thread of the test process (plain `http.server`, HTTP/1.0: a body without a length
+ends when the connection closes), record every call, and need no event loop, so synchronous end-to-end tests
+can start, reconfigure and read them.
 """
 
 from __future__ import annotations
@@ -22,6 +31,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 CDN_TOKEN = "hostile-token-7d1e0c9b5a4f3e2d1c0b9a8f"  # what the hostile CDN's login hands out
+MiB = 1024 * 1024
+CHUNK = 64 * 1024  # what a "huge" answer is written in
+ANSWERS = ("echo", "drip", "huge", "nested")
 
 
 @dataclass
@@ -40,8 +52,18 @@ class HostileConfig:
     api_status: int = 422
     login_status: int = 200  # CDN token endpoint: 200 (a token), 401, 403, 500 ...
     echo_as_text: bool = False  # answer plain text instead of JSON
+    answer: str = "echo"  # one of ANSWERS: what every call gets
+    huge_bytes: int = 48 * MiB
+    declare_length: bool = True  # "huge": send Content-Length (refusable unread) or only close the stream
+    depth: int = 200_000  # "nested"
     calls: list[Call] = field(default_factory=list)
+    open: int = 0  # calls being answered right now (a drip or a flood the client has not cut yet)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)  # set when the server closes: drips end
+
+    def __post_init__(self) -> None:
+        if self.answer not in ANSWERS:
+            raise ValueError(f"answer must be one of {ANSWERS}, not {self.answer!r}")
 
 
 def _echo(call: Call) -> str:
@@ -55,6 +77,10 @@ def _answer(config: HostileConfig, call: Call) -> tuple[int, str, str]:
     """(HTTP status, content type, body) for one call."""
     echo = _echo(call)
     if config.api == "emqx":
+        if call.method == "GET" and not call.path.rstrip("/").endswith("/tls"):  # the deployment itself: it runs
+            return 200, "application/json", json.dumps({"deploymentID": call.path.rstrip("/").rsplit("/", 1)[-1],
+                                                        "deploymentName": echo, "deploymentType": "dedicated",
+                                                        "status": "running"})  # fmt: skip
         if call.method == "GET":  # the operator reads first: "no TLS yet", so that it writes next
             return 404, "application/json", json.dumps({"code": 404, "message": f"TLS is not configured. {echo}"})
         status = config.api_status
@@ -73,6 +99,26 @@ def _answer(config: HostileConfig, call: Call) -> tuple[int, str, str]:
     return 200, "application/json", json.dumps({"status": status, "message": echo, "data": {"echo": call.body}})
 
 
+def huge_body(size: int) -> Iterator[bytes]:
+    """A JSON object of exactly `size` bytes (at least 16), in CHUNK pieces: one long string value."""
+    head, tail = b'{"data": "', b'"}'
+    left = size - len(head) - len(tail)
+    yield head
+    while left > 0:
+        piece = min(CHUNK, left)
+        yield b"A" * piece
+        left -= piece
+    yield tail
+
+
+def nested_body(api: str, depth: int) -> bytes:
+    """Arrays nested `depth` deep inside the envelope the API answers with: well formed, and small."""
+    deep = b"[" * depth + b"]" * depth
+    if api == "emqx":
+        return b'{"tlsType": "one-way", "status": "running", "cn": ' + deep + b"}"
+    return b'{"status": 0, "message": "", "data": ' + deep + b"}"
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
@@ -85,6 +131,44 @@ class _Handler(BaseHTTPRequestHandler):
         config = self.server.config
         with config.lock:
             config.calls.append(call)
+            config.open += 1
+        try:
+            if config.answer == "echo":
+                self._echo(config, call)
+            else:
+                self._flood(config)
+        except OSError:
+            pass  # the client cut the call (its byte cap or deadline, or the operator stopped)
+        finally:
+            with config.lock:
+                config.open -= 1
+
+    def _flood(self, config: HostileConfig) -> None:
+        """A 200 with a drip, a huge body or a nested one (HTTP/1.0: a body without a length ends at the close)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if config.answer == "nested":
+            data = nested_body(config.api, config.depth)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        if config.answer == "huge" and config.declare_length:
+            self.send_header("Content-Length", str(config.huge_bytes))
+        self.end_headers()
+        if config.answer == "huge":
+            for piece in huge_body(config.huge_bytes):
+                if config.stop.is_set():
+                    return
+                self.wfile.write(piece)
+            return
+        self.wfile.write(b"{")
+        self.wfile.flush()
+        while not config.stop.wait(1.0):  # the hostile server's drip, not the test waiting
+            self.wfile.write(b" ")
+            self.wfile.flush()
+
+    def _echo(self, config: HostileConfig, call: Call) -> None:
         status, content_type, text = _answer(config, call)
         data = text.encode()
         self.send_response(status)
@@ -116,6 +200,11 @@ class HostileRemote:
         with self.config.lock:
             return [c for c in self.config.calls if path_part in c.path]
 
+    def open_calls(self) -> int:
+        """Calls being answered right now: begun, and not yet finished or cut by the client."""
+        with self.config.lock:
+            return self.config.open
+
 
 @contextmanager
 def hostile(api: str, **config: Any) -> Iterator[HostileRemote]:
@@ -126,6 +215,7 @@ def hostile(api: str, **config: Any) -> Iterator[HostileRemote]:
     try:
         yield HostileRemote(f"http://127.0.0.1:{server.server_address[1]}", server.config)
     finally:
+        server.config.stop.set()  # drips and floods still being answered end now
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)

@@ -2,27 +2,25 @@
 
 The operator runs as its own process with the ServiceAccount of deploy/, watching two namespaces. The attacker's
 40 CdnCertificates each name a remote of their own (one endpoint each, so that no per-remote quota of unproven
-credentials serialises them) that answers every call with a byte a second, for as long as the call lasts (the
-call deadline is set to its maximum, 5 minutes: the calls hang for the whole test). With 4 workers, the old pool (a worker held for a pass's whole length) let the attacker's
-first 4 passes hold every worker; now a pass lends its worker out while its call hangs, and the attacker holds at
-most half of the remote slots, so the victim's new DeploymentTLS (the EMQX emulator, valid credentials) is Ready
-within 25 s of its creation.
+credentials serialises them) that answers every call with a byte a second (devkit/hostile.py's "drip"), for as
+long as the call lasts (the call deadline is set to its maximum, 5 minutes: the calls hang for the whole test).
+With 4 workers, the old pool (a worker held for a pass's whole length) let the attacker's first 4 passes hold every
+worker; now a pass lends its worker out while its call hangs, and the attacker holds at most half of the remote
+slots, so the victim's new DeploymentTLS (the EMQX emulator, valid credentials) is Ready within 25 s of its
+creation.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from devkit.factory import issue
+from devkit.hostile import hostile
 from devkit.kube import Kube
 from devkit.processes import EmulatorProcess, operator, operator_args, wait_for
 from tests.test_e2e_deploymenttls import creds_secret, dtls, emqx_inputs, tls_secret
@@ -32,70 +30,6 @@ ATTACKERS = 40
 WORKERS = 4
 REMOTE_SLOTS = 8  # the attacker may hold half: 4 hung calls, 4 slots left for everyone else
 VICTIM_READY_S = 25.0
-
-
-@dataclass
-class Drip:
-    """What the slow-drip remote saw: calls begun, and calls still being answered."""
-
-    started: int = 0
-    open: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-
-class _DripHandler(BaseHTTPRequestHandler):
-    """A 200 whose JSON body never ends: one byte a second (HTTP/1.0, the body ends only when the call is cut)."""
-
-    server: _DripServer
-
-    def _handle(self) -> None:
-        drip = self.server.drip
-        with drip.lock:
-            drip.started += 1
-            drip.open += 1
-        try:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(b"{")
-            self.wfile.flush()
-            while not drip.stop.wait(1.0):  # the hostile server's drip, not the test waiting
-                self.wfile.write(b" ")
-                self.wfile.flush()
-        except OSError:
-            pass  # the client gave up (its deadline, or the operator stopped)
-        finally:
-            with drip.lock:
-                drip.open -= 1
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
-
-
-class _DripServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, drip: Drip) -> None:
-        super().__init__(("127.0.0.1", 0), _DripHandler)
-        self.drip = drip
-
-
-@contextmanager
-def slow_drip() -> Iterator[tuple[str, Drip]]:
-    drip = Drip()
-    server = _DripServer(drip)
-    thread = threading.Thread(target=server.serve_forever, name="slow-drip", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", drip
-    finally:
-        drip.stop.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def attacker_resources(endpoint: str) -> list[dict[str, Any]]:
@@ -132,7 +66,8 @@ def test_hung_remotes_of_one_namespace_do_not_delay_another(
     tmp_path: Path,
 ) -> None:
     victim = namespace
-    with slow_drip() as (drip_url, drip):
+    with hostile("cdn", answer="drip") as drip:
+        drip_url = drip.url
         kube.apply(*attacker_resources(drip_url), namespace=attacker)
         kube.apply(*emqx_inputs(issue("mqtt.victim.example")), namespace=victim)
         settings = {
@@ -144,7 +79,7 @@ def test_hung_remotes_of_one_namespace_do_not_delay_another(
         with operator(operator_kubeconfig, tmp_path / "operator.log", *args, settings=settings) as running:
             # The attack is on: as many hung calls as the operator lets through (4 either way), and every attacker
             # resource seen (first sight needs no worker).
-            wait_for("the attacker's calls to hang", lambda: drip.open >= WORKERS, timeout=90)
+            wait_for("the attacker's calls to hang", lambda: drip.open_calls() >= WORKERS, timeout=90)
             wait_for(
                 "every attacker resource to be seen",
                 lambda: all(conditions(kube, "cdncertificate", f"hung-{n}", attacker) for n in range(ATTACKERS)),
@@ -169,5 +104,5 @@ def test_hung_remotes_of_one_namespace_do_not_delay_another(
             assert ready["reason"] == "Synced" and attacker not in ready["message"]
             assert [w["method"] for w in emqx_process.writes()] == ["POST"]  # its usual calls: one write
             # The attack lasted through the victim's passes: the attacker's calls still hang, at most its share.
-            assert WORKERS <= drip.open <= REMOTE_SLOTS // 2, drip.open
+            assert WORKERS <= drip.open_calls() <= REMOTE_SLOTS // 2, drip.open_calls()
             assert took < VICTIM_READY_S

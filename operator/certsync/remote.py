@@ -63,6 +63,11 @@ POOL_WAIT_S = 5.0
 # would hold a call forever). Both are settings (CERTSYNC_REMOTE_MAX_ANSWER_BYTES, CERTSYNC_REMOTE_CALL_DEADLINE).
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
 CALL_DEADLINE_S = 30.0
+# The cap alone lets answers in flight hold slots x cap (one namespace's 16 slots: 64 MiB, measured 106 -> 183 MB
+# RSS). Every call reads its first ANSWER_FREE_BYTES freely (the APIs' answers are a few KiB); bytes past that are
+# borrowed from `AnswerMemory`: one namespace's calls together at most the cap, all calls at most 4 caps.
+ANSWER_FREE_BYTES = 256 * 1024
+ANSWER_MEMORY_CAPS = 4
 # Waits a remote may ask for are believed up to this; beyond it they are this (a 429 with a year's Retry-After
 # would otherwise park a resource for a year).
 MAX_RETRY_AFTER_S = 3600.0
@@ -70,6 +75,62 @@ MAX_RETRY_AFTER_S = 3600.0
 # recursion limit. Each becomes the client's "unexpected answer" error, never an exception of its own.
 DECODE_ERRORS: tuple[type[Exception], ...] = (ValueError, UnicodeError, RecursionError, OverflowError)
 log = logging.getLogger("certsync.remote")
+
+
+class AnswerMemory:
+    """The bytes of answers being read at once, past each call's first `free` bytes: one namespace's calls at most
+    `per_namespace` together, all calls at most `overall`. A call that would pass either has its answer refused
+    (`AnswerRefused`: a transport failure, tried again by a later pass), never waits: so a tenant's huge answers
+    cost its own calls, and the operator's memory stays bounded whatever the remotes send.
+
+    Used on the event loop only (no lock). Calls outside a pass (no namespace) count in `overall` only."""
+
+    def __init__(self, max_answer_bytes: int, *, free: int = ANSWER_FREE_BYTES, caps: int = ANSWER_MEMORY_CAPS) -> None:
+        self.free = min(free, max_answer_bytes)
+        self.per_namespace = max_answer_bytes
+        self.overall = caps * max_answer_bytes
+        self.held = 0
+        self._by_namespace: dict[str, int] = {}
+
+    def held_by(self, namespace: str) -> int:
+        return self._by_namespace.get(namespace, 0)
+
+    def take(self, namespace: str | None, size: int) -> str | None:
+        """Borrow `size` bytes; None when granted, else why not (a sentence naming no other tenant)."""
+        if self.held + size > self.overall:
+            return f"the answers being read hold {self.held} bytes, the most allowed at once is {self.overall}"
+        if namespace is not None:
+            mine = self.held_by(namespace)
+            if mine + size > self.per_namespace:
+                return (
+                    f"this namespace's answers being read hold {mine} bytes, the most allowed at once is "
+                    f"{self.per_namespace}"
+                )
+            self._by_namespace[namespace] = mine + size
+        self.held += size
+        return None
+
+    def give(self, namespace: str | None, size: int) -> None:
+        """Return bytes borrowed with `take` (the answer was read whole, refused, or the call failed)."""
+        self.held -= size
+        if namespace is not None:
+            left = self.held_by(namespace) - size
+            if left > 0:
+                self._by_namespace[namespace] = left
+            else:
+                self._by_namespace.pop(namespace, None)
+
+
+_ANSWER_MEMORY: dict[int, AnswerMemory] = {}
+
+
+def shared_answer_memory(max_answer_bytes: int) -> AnswerMemory:
+    """The process's one `AnswerMemory` for this cap: every client made with the same cap (the operator's EMQX and
+    CDN clients) shares it, so that the bound holds for all answers together."""
+    memory = _ANSWER_MEMORY.get(max_answer_bytes)
+    if memory is None:
+        memory = _ANSWER_MEMORY[max_answer_bytes] = AnswerMemory(max_answer_bytes)
+    return memory
 
 
 def tls_context(ca_file: str) -> ssl.SSLContext | None:
@@ -442,9 +503,11 @@ async def send(
     observe: Observer = no_observer,
     max_bytes: int = MAX_ANSWER_BYTES,
     deadline: float = CALL_DEADLINE_S,
+    memory: AnswerMemory | None = None,
 ) -> httpx.Response:
-    """Send one request and read its answer whole, within `max_bytes` and `deadline` (connect to last byte);
-    every transport failure becomes a `TransportError` (`AnswerRefused` past a bound)."""
+    """Send one request and read its answer whole, within `max_bytes`, `deadline` (connect to last byte) and
+    `memory` (None: no bound for all answers together); every transport failure becomes a `TransportError`
+    (`AnswerRefused` past a bound)."""
     if replica := REPLICA.get():
         if not replica.may_act():
             raise NotLeading(f"{api} {call}: not sent, this replica no longer leads")
@@ -457,7 +520,7 @@ async def send(
         async with asyncio.timeout(deadline):
             streamed = await http.send(request, auth=auth, stream=True)
             try:
-                body = await _read_capped(streamed, max_bytes)
+                body = await _read_capped(streamed, max_bytes, memory)
             finally:
                 await streamed.aclose()
     except TimeoutError as error:
@@ -476,9 +539,10 @@ async def send(
     return _whole(streamed, body)
 
 
-async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
-    """The body as sent, refused as soon as it passes `max_bytes`; an encoded (compressed) body is refused unread:
-    identity was asked for, and inflating it is where a bomb would explode."""
+async def _read_capped(response: httpx.Response, max_bytes: int, memory: AnswerMemory | None = None) -> bytes:
+    """The body as sent, refused as soon as it passes `max_bytes` or what `memory` lends the pass's namespace; an
+    encoded (compressed) body is refused unread: identity was asked for, and inflating it is where a bomb would
+    explode. What was borrowed from `memory` is given back when the read ends, however it ends."""
     encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise AnswerRefused(f"answer refused: Content-Encoding {short(encoding)!r} where identity was asked for")
@@ -486,18 +550,37 @@ async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
     if declared.isdigit() and int(declared) > max_bytes:
         raise AnswerRefused(f"answer of {declared} bytes refused: more than the {max_bytes} bytes accepted")
     chunks: list[bytes] = []
-    size = 0
+    size = borrowed = 0
+    namespace = fairshare.NAMESPACE.get()
+
+    def borrow() -> None:
+        """Borrow what the body holds past the free part and has not borrowed yet, or refuse the answer."""
+        nonlocal borrowed
+        if memory is None or size - memory.free <= borrowed:
+            return
+        wanted = size - memory.free - borrowed
+        refused = memory.take(namespace, wanted)
+        if refused is not None:
+            raise AnswerRefused(f"answer refused after {size} bytes: {refused}")
+        borrowed += wanted
+
     try:
-        async for chunk in response.aiter_raw():
-            size += len(chunk)
+        try:
+            async for chunk in response.aiter_raw():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise AnswerRefused(f"answer refused after {max_bytes} bytes: more than the {max_bytes} accepted")
+                borrow()
+                chunks.append(chunk)
+        except httpx.StreamConsumed:  # a transport that hands the body over already in memory (httpx.MockTransport)
+            chunks, size = [response.content], len(response.content)
             if size > max_bytes:
-                raise AnswerRefused(f"answer refused after {max_bytes} bytes: more than the {max_bytes} accepted")
-            chunks.append(chunk)
-    except httpx.StreamConsumed:  # a transport that hands the body over already in memory (httpx.MockTransport)
-        chunks, size = [response.content], len(response.content)
-        if size > max_bytes:
-            raise AnswerRefused(f"answer of {size} bytes refused: more than the {max_bytes} accepted") from None
-    return b"".join(chunks)
+                raise AnswerRefused(f"answer of {size} bytes refused: more than the {max_bytes} accepted") from None
+            borrow()
+        return b"".join(chunks)
+    finally:
+        if memory is not None and borrowed:
+            memory.give(namespace, borrowed)
 
 
 _NOT_COPIED = frozenset({"content-encoding", "content-length", "transfer-encoding"})
@@ -545,7 +628,8 @@ Sleep = Callable[[float], Awaitable[None]]
 
 class RemoteClient:
     """What both API clients hold: one pool sized by the shared `RemoteSlots`, the shared budget behind a
-    `BudgetGate`, the retry policy for reads, and the observer told of every request (metrics).
+    `BudgetGate`, the retry policy for reads, the observer told of every request (metrics) and the `AnswerMemory`
+    every client with the same cap shares (`shared_answer_memory`, unless one is given).
 
     `verify`: the TLS context the remotes' certificates are checked with (`tls_context`); None: httpx's."""
 
@@ -562,9 +646,11 @@ class RemoteClient:
         verify: ssl.SSLContext | None = None,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
         call_deadline: float = CALL_DEADLINE_S,
+        answer_memory: AnswerMemory | None = None,
     ) -> None:
         self.observe = observe
         self.max_answer_bytes = max_answer_bytes
+        self.answer_memory = answer_memory or shared_answer_memory(max_answer_bytes)
         self.call_deadline = call_deadline
         self.concurrency: Slots = concurrency or RemoteSlots()
         self.retry = retry
@@ -582,7 +668,7 @@ class RemoteClient:
         """`send` with this client's pool, observer and bounds."""
         return await send(
             self._http, request, api, call, auth=auth, observe=self.observe,
-            max_bytes=self.max_answer_bytes, deadline=self.call_deadline,
+            max_bytes=self.max_answer_bytes, deadline=self.call_deadline, memory=self.answer_memory,
         )  # fmt: skip
 
     async def aclose(self) -> None:
