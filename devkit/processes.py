@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+PEAK_RSS_GOAL = 200 * 1000 * 1000  # bytes: the operator's peak under attack stays "under 200 MB" (pod limit 256 Mi)
 
 
 @dataclass
@@ -61,6 +62,13 @@ def emulator(*args: str) -> Iterator[EmulatorProcess]:
 class OperatorProcess:
     process: subprocess.Popen[bytes]
     metrics_url: str
+
+    def peak_rss(self) -> int:
+        """Its peak resident set (VmHWM) in bytes, as the kernel counted it since the process started."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+        raise AssertionError(f"no VmHWM in /proc/{self.process.pid}/status")
 
 
 def free_port() -> int:

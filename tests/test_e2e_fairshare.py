@@ -22,7 +22,7 @@ import pytest
 from devkit.factory import issue
 from devkit.hostile import hostile
 from devkit.kube import Kube
-from devkit.processes import EmulatorProcess, operator, operator_args, wait_for
+from devkit.processes import PEAK_RSS_GOAL, EmulatorProcess, operator, operator_args, wait_for
 from tests.test_e2e_deploymenttls import creds_secret, dtls, emqx_inputs, tls_secret
 
 pytestmark = pytest.mark.e2e
@@ -85,7 +85,7 @@ def test_hung_remotes_of_one_namespace_do_not_delay_another(
                 lambda: all(conditions(kube, "cdncertificate", f"hung-{n}", attacker) for n in range(ATTACKERS)),
                 timeout=90,
             )
-            assert running.process.poll() is None
+            assert running.process.poll() is None and running.peak_rss() < PEAK_RSS_GOAL
             created = time.monotonic()
             kube.apply(dtls("broker", emqx_process.url), namespace=victim)
             try:

@@ -27,7 +27,7 @@ import yaml
 from devkit.factory import Issued, issue, three_level
 from devkit.hostile import CDN_TOKEN, HostileRemote, hostile
 from devkit.kube import Kube
-from devkit.processes import EmulatorProcess, emulator, operator, operator_args
+from devkit.processes import PEAK_RSS_GOAL, EmulatorProcess, emulator, operator, operator_args
 from tests.test_e2e_deploy import metric
 from tests.test_e2e_deploymenttls import creds_secret, tls_secret
 
@@ -142,6 +142,7 @@ def test_echoed_secrets_never_leave_the_operator(
             lambda: {e["involvedObject"]["name"] for e in events_of(kube, namespace)} >= {n for _, n, _ in resources},
         )
         metrics = httpx.get(running.metrics_url + "/metrics", timeout=10).text
+        assert running.peak_rss() < PEAK_RSS_GOAL
 
     # the test can fail: every hostile remote really received the secrets it then echoed
     for case, remote in remotes.items():

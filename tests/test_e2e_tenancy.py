@@ -22,7 +22,15 @@ import pytest
 
 from devkit.factory import Chain, three_level
 from devkit.kube import Kube
-from devkit.processes import EmulatorProcess, OperatorProcess, emulator, operator, operator_args, reconcile_passes
+from devkit.processes import (
+    PEAK_RSS_GOAL,
+    EmulatorProcess,
+    OperatorProcess,
+    emulator,
+    operator,
+    operator_args,
+    reconcile_passes,
+)
 from tests.e2e_fixtures import WINDOW
 from tests.test_e2e_deploymenttls import creds_secret, tls_secret
 from tests.test_e2e_security import hits, key_fragments
@@ -55,6 +63,7 @@ class Arena:
     def restart(self) -> OperatorProcess:
         """SIGTERM, then a new process with the same settings (as a rollout does)."""
         old = self.running.pop()
+        assert_peak_under_limit(old)
         old.process.terminate()
         old.process.wait(timeout=30)
         new = self.start()
@@ -183,9 +192,17 @@ def arena(kube: Kube, operator_kubeconfig: Path, tmp_path_factory: pytest.TempPa
         arena.running.append(start())
         try:
             yield arena
+            assert_peak_under_limit(arena.running[-1])
         finally:
             for namespace in (victim, attacker):
                 kube.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def assert_peak_under_limit(running: OperatorProcess) -> None:
+    """Whatever the attacks did, the operator stayed well under its pod's 256 Mi limit."""
+    peak = running.peak_rss()
+    print(f"peak RSS (VmHWM) of the operator: {peak / 1e6:.1f} MB")
+    assert peak < PEAK_RSS_GOAL, f"operator peak RSS {peak / 1e6:.1f} MB"
 
 
 # --- the attacks, in order ---------------------------------------------------------------------------
