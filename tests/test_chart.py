@@ -429,7 +429,7 @@ ADDED_VALUES = [
     ("settings", "logLevel"), ("proxy",), ("remoteCA",), ("extraEnv",), ("envFrom",), ("volumes",),
     ("volumeMounts",), ("affinity",), ("topologySpreadConstraints",), ("metrics", "podMonitor"),
     ("metrics", "serviceMonitor", "scrapeTimeout"), ("metrics", "serviceMonitor", "relabelings"),
-    ("metrics", "serviceMonitor", "metricRelabelings"),
+    ("metrics", "serviceMonitor", "metricRelabelings"), ("settings", "cdnBindMethod"),
 ]  # fmt: skip
 
 
@@ -469,7 +469,8 @@ def test_values_of_an_older_release_still_render(older_chart: Path, values: list
     spec = pod_spec(old)
     assert spec["volumes"] == [{"name": "tmp", "emptyDir": {}}]
     assert "envFrom" not in spec["containers"][0]
-    assert env_of(old) == {k: v for k, v in env_of(current).items() if k != "CERTSYNC_LOG_LEVEL"}
+    added = ("CERTSYNC_LOG_LEVEL", "CERTSYNC_CDN_BIND_METHOD")  # settings added since: the operator defaults them
+    assert env_of(old) == {k: v for k, v in env_of(current).items() if k not in added}
     assert pod_spec(current)["affinity"] == spec["affinity"]
     assert [o.get("spec") for o in find(old, "ServiceMonitor")] == [
         o.get("spec") for o in find(current, "ServiceMonitor")

@@ -5,13 +5,19 @@
      ├── LoginRefused            401 at the token endpoint: never retried with the same credentials Secret
      ├── AccountBanned           403 at the token endpoint: not tried again before the ban ends (3 h)
      ├── TokenRejected           the API refused a token twice (or a static token once)
-     └── CdnApiError             a non-zero `status` in the JSON envelope
+     ├── CdnApiError             a non-zero `status` in the JSON envelope (the SSL API)
           ├── InvalidRequest 450, RecordNotFound 454, NotAllowed 455
           ├── CertificateExists 459
           ├── CertificateRejected 471-478 and 479 on certificate calls (narrowed per code)
           ├── DomainInUse 479 and DnsIncorrect 480 on Let's Encrypt calls, TaskExists 489
           ├── CdnInternalError 550 (retryable)
           └── CdnUnexpectedAnswer     an answer the client cannot read (a certificate without times…)
+     └── CdnResourceError        the resource API (HTTP resources, configuration tasks): its own envelope
+          ├── ResourceRefused         `{"status": "error", "message", "description"}`
+          ├── ResourceNotFound 404    no such resource or task (also another account's: proves nothing)
+          ├── ResourceForbidden 403, ResourceBadRequest (another 4xx, bodiless)
+          └── ResourceUnavailable     5xx and 408 (retryable: `remote.retryable_status` decides), an answer
+                                      in no known shape
 
 Every answer is HTTP 200 with `{"status", "message", "data"}`; the envelope is
 parsed once, in `_envelope`. 476 and 477 mean different things on add and
@@ -53,6 +59,12 @@ Certificate times are read from `start_timestamp`/`end_timestamp` or, as older
 documentation and public clients have them, `start`/`end` (numbers or numeric
 strings); a certificate without them is an unexpected answer, never a time of 0.
 `get` may answer `data` as a one-element array or as the object itself.
+
+The resource API (`{base}/cdn/api/v1/<account>/resource/http/<id>`, `{base}/cdn/api/v1/tasks?id=`) takes the same
+token but answers in another envelope: `{"status": "accept", "task_id"}` on a change, `{"status": "error", …}` on
+a refusal, bodiless 400/404/500/503 otherwise; tasks answer `completed`, `error`, `pending` or `process`, in any
+case. Its calls, reads included, count in a window of their own per account (`CONFIG_CLASS`, the provider's 20
+configuration requests a minute), apart from the SSL API's.
 """
 
 from __future__ import annotations
@@ -60,6 +72,7 @@ from __future__ import annotations
 import hmac
 import math
 import secrets
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -82,6 +95,7 @@ from certsync.remote import (
     base_url,
     json_body,
     parse_retry_after,
+    retryable_status,
     short,
     with_retries,
 )
@@ -114,6 +128,10 @@ TOKEN_STALE_S = 5 * 60.0  # an envelope 455 on a token older than this means "to
 LOGIN_WINDOW = Window(limit=20, period=60.0)  # the token endpoint's own limit (providers.md)
 TaskStatus = Literal["no", "accepted", "processed", "failed"]
 Operation = Literal["read", "add", "update", "delete", "letsencrypt", "login"]
+CONFIG_CLASS = "config"
+"""The method class of the resource API's scope: its own window per account, beside the SSL API's ("all")."""
+ConfigTaskState = Literal["completed", "error", "pending", "process"]
+MAX_RESOURCE_NAMES = 256  # host names of one resource read at most: beyond, the answer is no resource
 
 
 @dataclass(frozen=True)
@@ -379,6 +397,132 @@ def api_error(operation: str, status: int, message: str, scrubber: Scrubber = GE
     return cls(status, short(message, scrubber))
 
 
+# --- the resource API: HTTP resources and their configuration tasks ---------------------------
+
+
+class CdnResourceError(RemoteStatusError):
+    """The resource API refused or failed; `status` is the HTTP status (200 for an error envelope)."""
+
+    reason = "RemoteRejected"
+
+
+class ResourceRefused(CdnResourceError):
+    """`{"status": "error", "message", "description"}`: the API read the request and refused it."""
+
+
+class ResourceNotFound(CdnResourceError):
+    """404 (bodiless): no such resource or task, or another account's (the API says alike)."""
+
+    reason = "RemoteNotFound"
+
+
+class ResourceForbidden(CdnResourceError):
+    reason = "Forbidden"
+
+
+class ResourceBadRequest(CdnResourceError):
+    """400 or another 4xx, bodiless: the request itself is wrong (never sent again as it is)."""
+
+
+class ResourceUnavailable(CdnResourceError, ServiceUnavailable):
+    """408 or 5xx (`retryable_status`), or an answer in no known shape: a read is retried inside the call, a
+    write's outcome is unknown (the caller reads back)."""
+
+    reason = "RemoteUnavailable"
+    retryable = True
+
+
+@dataclass(frozen=True)
+class CdnResource:
+    """An HTTP resource as read: its host names, the certificate bound (an SSL API seq, None when none), and the
+    whole configuration exactly as answered (what a GET-then-PUT sends back, `certificate` changed)."""
+
+    id: str
+    names: tuple[str, ...]
+    certificate: int | None
+    configuration: Mapping[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ConfigTask:
+    """A configuration task: `state` lower-cased (the provider's pages capitalise it in places)."""
+
+    id: str
+    state: ConfigTaskState
+    message: str
+
+
+def _resource(data: Any, resource_id: str, scrubber: Scrubber) -> CdnResource:
+    if isinstance(data, dict) and isinstance(data.get("data"), dict) and "names" not in data:
+        data = data["data"]  # a wrapped answer, as the family's other APIs give
+    if not isinstance(data, dict):
+        raise ResourceUnavailable(0, f"unexpected resource answer: {short(data, scrubber)}")
+    raw = data.get("names", [])
+    if isinstance(raw, str):
+        raw = [n for n in (part.strip() for part in raw.split(",")) if n]
+    if not isinstance(raw, list) or len(raw) > MAX_RESOURCE_NAMES or not all(isinstance(n, str) for n in raw):
+        raise ResourceUnavailable(0, f"resource {resource_id}: unexpected names {short(raw, scrubber)}")
+    bound = data.get("certificate")
+    if isinstance(bound, str) and bound.strip().isdigit():
+        bound = int(bound.strip())
+    certificate = bound if isinstance(bound, int) and not isinstance(bound, bool) and bound > 0 else None
+    return CdnResource(resource_id, tuple(raw), certificate, dict(data))
+
+
+def _resources(data: Any, scrubber: Scrubber) -> list[CdnResource]:
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise ResourceUnavailable(0, f"unexpected list of resources: {short(data, scrubber)}")
+    return [_resource(item, str(item.get("id", "")) if isinstance(item, dict) else "", scrubber) for item in data]
+
+
+def _accepted(data: Any, scrubber: Scrubber) -> str:
+    """The task id of an accepted change."""
+    task = data.get("task_id") if isinstance(data, dict) else None
+    if isinstance(data, dict) and str(data.get("status", "")).lower() == "accept" and _is_int(task):
+        task = str(task)
+    if not isinstance(task, str) or not task or len(task) > 256:
+        raise ResourceUnavailable(0, f"change accepted without a task id: {short(data, scrubber)}")
+    return task
+
+
+def _config_task(task_id: str) -> Callable[[Any, Scrubber], ConfigTask]:
+    def parse(data: Any, scrubber: Scrubber) -> ConfigTask:
+        state = str(data.get("status", "")).strip().lower() if isinstance(data, dict) else ""
+        if state not in ("completed", "error", "pending", "process"):
+            raise ResourceUnavailable(0, f"task {task_id}: unexpected status {short(data, scrubber)}")
+        message = str(data.get("message") or "") if isinstance(data, dict) else ""
+        return ConfigTask(task_id, state, short(message, scrubber))  # type: ignore[arg-type]
+
+    return parse
+
+
+def _resource_envelope(response: httpx.Response, scrubber: Scrubber, task: bool = False) -> Any:
+    """HTTP meaning first (bodiless codes), then `{"status": "error"}`: the resource API's typed errors. A task's
+    answer is no envelope: its `status` `error` is the task's state (`ConfigTask`), not a refusal of the call."""
+    code = response.status_code
+    if code != 200:
+        said = short(_message(response), scrubber) if response.content else ""
+        text = said or response.reason_phrase or "no body"
+        if code == 404:
+            raise ResourceNotFound(code, text)
+        if retryable_status(code):
+            raise ResourceUnavailable(code, text)
+        if code == 403:
+            raise ResourceForbidden(code, text)
+        raise ResourceBadRequest(code, text)
+    try:
+        body = json_body(response)
+    except DECODE_ERRORS as error:
+        raise ResourceUnavailable(code, f"answer is not JSON ({type(error).__name__})") from None
+    if not task and isinstance(body, dict) and str(body.get("status", "")).lower() == "error":
+        message, description = str(body.get("message") or ""), str(body.get("description") or "")
+        said = f"{message}: {description}" if message and description else message or description or "refused"
+        raise ResourceRefused(code, short(said, scrubber))
+    return body
+
+
 # --- client ----------------------------------------------------------------------------------
 
 
@@ -421,9 +565,19 @@ class _LoginMemory:
 class CdnClient(RemoteClient):
     """One client for every CDN resource: tokens are cached per endpoint, username, password and namespace."""
 
-    def __init__(self, *, per_minute: int = CDN_PER_MINUTE, login_window: Window = LOGIN_WINDOW, **common: Any) -> None:
+    def __init__(
+        self,
+        *,
+        per_minute: int = CDN_PER_MINUTE,
+        login_window: Window = LOGIN_WINDOW,
+        config_per_minute: int = CDN_PER_MINUTE,
+        **common: Any,
+    ) -> None:
         super().__init__(**common)
         self.window = Window(limit=per_minute, period=60.0)
+        # The resource API's own limit (20 configuration requests a minute per account): every call of it counts.
+        self.config_window = Window(limit=config_per_minute, period=60.0)
+        self.config_share = unproven_share(self.config_window, CDN_UNPROVEN_FRACTION)
         self.login_window = login_window
         # What unproven callers of every namespace may send together: a quarter of each window.
         self.share = unproven_share(self.window, CDN_UNPROVEN_FRACTION)
@@ -441,6 +595,8 @@ class CdnClient(RemoteClient):
     def scope(self, access: CdnAccess, kind: str = "api") -> Scope:
         if kind == "api":
             return Scope("cdn", base_url(access.endpoint), access.account, "all")
+        if kind == CONFIG_CLASS:  # the resource API: the account's configuration window
+            return Scope("cdn", base_url(access.endpoint), access.account, CONFIG_CLASS)
         return Scope("cdn", base_url(access.endpoint), "token-endpoint", LOGIN_CLASS)
 
     # -- auth --
@@ -833,6 +989,108 @@ class CdnClient(RemoteClient):
     async def order_wildcard(self, access: CdnAccess, domains: list[str]) -> None:
         await self._call(access, "POST", "letsencrypt/", "letsencrypt", {"domains": domains}, _raw)
 
+    # -- HTTP resources (the resource API) --
+
+    async def list_resources(self, access: CdnAccess) -> list[CdnResource]:
+        """Every HTTP resource of the account (at most 100), in one call."""
+        path = f"{access.account}/resource/http/"
+        return await self._resource_call(access, "GET", path, None, "resources", _resources)
+
+    async def get_resource(self, access: CdnAccess, resource_id: str) -> CdnResource:
+        path = f"{access.account}/resource/http/{_segment(resource_id)}"
+        return await self._resource_call(
+            access, "GET", path, None, "resource", lambda data, sc: _resource(data, resource_id, sc)
+        )
+
+    async def patch_resource(self, access: CdnAccess, resource_id: str, fields: Mapping[str, Any]) -> str:
+        """A partial change (only `fields`); the task id. Never re-sent inside the call."""
+        path = f"{access.account}/resource/http/{_segment(resource_id)}"
+        return await self._resource_call(access, "PATCH", path, dict(fields), "resource", _accepted)
+
+    async def put_resource(self, access: CdnAccess, resource_id: str, configuration: Mapping[str, Any]) -> str:
+        """The whole configuration (a field left out is gone at the remote); the task id."""
+        path = f"{access.account}/resource/http/{_segment(resource_id)}"
+        return await self._resource_call(access, "PUT", path, dict(configuration), "resource", _accepted)
+
+    async def config_task(self, access: CdnAccess, task_id: str) -> ConfigTask:
+        return await self._resource_call(
+            access, "GET", "tasks", None, "task", _config_task(task_id), params={"id": task_id}
+        )
+
+    async def _resource_call(
+        self,
+        access: CdnAccess,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        what: str,
+        parse: Callable[[Any, Scrubber], T],
+        params: Mapping[str, str] | None = None,
+    ) -> T:
+        """One call of the resource API, in the account's configuration window; reads retried, writes never."""
+        scrubber = Scrubber.of(*access.secrets())
+        kwargs: dict[str, Any] = {"sleep": self._sleep} if self._sleep else {}
+        try:
+            await self.token(access)
+            logged_in = bool(access.password) and self._tag(access.password) in self._memory(access).succeeded
+            share = None if logged_in else self.config_share
+            scope = self.scope(access, CONFIG_CLASS)
+            async with self.gate.attempt(access.owner(), scope, self.config_window, share) as go:
+                data = await with_retries(
+                    lambda: self._resource_once(access, method, path, body, what, params, scrubber, go),
+                    self.retry,
+                    idempotent=method == "GET",
+                    **kwargs,
+                )
+            return parse(data, scrubber)
+        except RemoteError as error:
+            held = self._tokens.get(self._token_key(access)) if access.password else None
+            raise error.scrubbed(scrubber.with_secrets(held.value if held else None)) from error.__cause__
+
+    async def _resource_once(
+        self,
+        access: CdnAccess,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        what: str,
+        params: Mapping[str, str] | None,
+        scrubber: Scrubber,
+        go: Attempt,
+    ) -> Any:
+        """Send once; HTTP 401/405 renews the token once. Proofs: an answer the API read with these credentials
+        (200, an error envelope) proves them for the account; a 404 (another account's resources look alike), a
+        400 and a 5xx prove nothing."""
+        scope = self.scope(access, CONFIG_CLASS)
+        for renewed in (False, True):
+            token = await self.token(access)
+            with_token = scrubber.with_secrets(token)
+            url = f"{base_url(access.endpoint)}/cdn/api/v1/{path}"
+            request = self._http.build_request(method, url, json=body, params=params, headers={"CDN-AUTH-TOKEN": token})
+            async with self.concurrency.slot(scope.target):
+                go.send()  # counted when sent, not when queued
+                response = await self.send(request, "cdn", f"{method} {what}")
+            if response.status_code not in (401, 405):
+                if response.status_code == 429:
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                    raise CdnRateLimited(429, "rate limited", retry_after=go.rate_limited(retry_after))
+                try:
+                    data = _resource_envelope(response, with_token, task=what == "task")
+                except ResourceRefused:
+                    go.proved()
+                    raise
+                except (ResourceNotFound, ResourceBadRequest):
+                    go.answered()
+                    raise
+                go.proved()
+                return data
+            go.refused()
+            self._drop_token(access, token)
+            if renewed or access.token:
+                code = response.status_code
+                raise TokenRejected(code, "the API refused the token" + (" again after a new login" if renewed else ""))
+        raise AssertionError("unreachable: the second refusal raises")
+
 
 def _json(response: httpx.Response) -> Any:
     try:
@@ -910,4 +1168,12 @@ def _seq(data: Any, default: int | None = None) -> int:
     raise CdnInternalError(0, "answer has no seq")
 
 
-__all__ = ["CdnAccess", "CdnCertificateInfo", "CdnClient", "ChainLink", "RemoteError", "api_error"]
+def _segment(value: str) -> str:
+    """One path segment, escaped: a resource id never adds a path of its own."""
+    return urllib.parse.quote(value, safe="")
+
+
+__all__ = [
+    "CdnAccess", "CdnCertificateInfo", "CdnClient", "CdnResource", "ChainLink", "ConfigTask", "RemoteError",
+    "api_error",
+]  # fmt: skip

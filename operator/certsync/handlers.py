@@ -23,7 +23,7 @@ import kopf
 from certsync import accounts, fairshare
 from certsync.budget import EMQX_READ, EMQX_WRITE, RateBudget, Window
 from certsync.cdn import CdnClient
-from certsync.controllers import cdncertificate, deletion, deploymenttls, letsencryptorder, remoteaccount
+from certsync.controllers import cdnbindings, cdncertificate, deletion, deploymenttls, letsencryptorder, remoteaccount
 from certsync.controllers.base import KINDS, Resource, Runtime, finish, first_sight, state_for_error
 from certsync.emqx import EmqxClient
 from certsync.fairshare import RemoteSlots, WorkerPool
@@ -214,9 +214,13 @@ def cdn_targets(
     namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, memo: kopf.Memo,
     **_: Any,
 ) -> dict[str, Claim]:  # fmt: skip
-    target = cdncertificate.target_of(_as_passes_see_it("cdncertificates", namespace, spec, memo))
+    seen = _as_passes_see_it("cdncertificates", namespace, spec, memo)
+    target = cdncertificate.target_of(seen)
     seq = spec.get("seq") or (status.get("seq") if status.get("target") == target else None)
-    return {target_key(target, str(seq)): _claim(namespace, name, meta)} if seq else {}
+    claim = _claim(namespace, name, meta)
+    keys = {target_key(target, str(seq)): claim} if seq else {}
+    keys.update(dict.fromkeys(cdnbindings.index_keys(target, seen), claim))  # each CDN resource of spec.bindTo
+    return keys
 
 
 @kopf.index(GROUP, VERSION, "letsencryptorders")

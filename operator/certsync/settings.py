@@ -30,6 +30,7 @@ _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@-]*$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+CDN_BIND_METHODS = ("patch", "put")
 MAX_CA_FILE = 1024 * 1024  # a bundle of a few hundred roots is far below; anything larger is not a CA bundle
 
 
@@ -203,6 +204,9 @@ class Settings:
     log_format: str = "text"
     drift_interval: float = 6 * 3600.0
     cdn_budget_per_minute: int = 20
+    # How a CDN resource is bound to a certificate: "patch" sends only `certificate`; "put" reads the resource and
+    # sends its whole configuration back exactly as read, `certificate` changed (for an API that takes no PATCH).
+    cdn_bind_method: str = "patch"
     # The EMQX rate window. 3600 s is the provider's; shorter only against an emulator started with the same.
     emqx_budget_window: float = 3600.0
     leader_election: bool = True
@@ -295,6 +299,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--drift-interval", help="default drift-check interval (CERTSYNC_DRIFT_INTERVAL)")
     p.add_argument("--cdn-budget-per-minute", help="CDN calls per minute per account (CERTSYNC_CDN_BUDGET_PER_MINUTE)")
     p.add_argument(
+        "--cdn-bind-method",
+        help="patch (only `certificate`) or put (GET, then the whole configuration) (CERTSYNC_CDN_BIND_METHOD)",
+    )
+    p.add_argument(
         "--leader-election", choices=["true", "false"], help="one replica acts at a time (CERTSYNC_LEADER_ELECTION)"
     )
     p.add_argument("--lease-namespace", help="namespace of the leader Lease (CERTSYNC_LEASE_NAMESPACE)")
@@ -359,6 +367,9 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if parse_duration(drift) < MIN_DRIFT_INTERVAL_S:
         raise SettingsError(f"CERTSYNC_DRIFT_INTERVAL must be at least 1m (each check is a remote read), not {drift!r}")
     budget = pick(args.cdn_budget_per_minute, "CERTSYNC_CDN_BUDGET_PER_MINUTE") or "20"
+    bind_method = (pick(args.cdn_bind_method, "CERTSYNC_CDN_BIND_METHOD") or "patch").strip().lower()
+    if bind_method not in CDN_BIND_METHODS:
+        raise SettingsError(f"CERTSYNC_CDN_BIND_METHOD must be patch or put, not {bind_method!r}")
     concurrency = pick(args.remote_concurrency, "CERTSYNC_REMOTE_CONCURRENCY") or "32"
     per_target = pick(args.remote_concurrency_per_target, "CERTSYNC_REMOTE_CONCURRENCY_PER_TARGET") or "2"
     workers = pick(args.workers, "CERTSYNC_WORKERS") or "32"
@@ -408,6 +419,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         secret_label=secret_label,
         drift_interval=parse_duration(drift),
         cdn_budget_per_minute=int(budget),
+        cdn_bind_method=bind_method,
         remote_concurrency=int(concurrency),
         remote_concurrency_per_target=int(per_target),
         workers=int(workers),

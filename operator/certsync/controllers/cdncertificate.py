@@ -8,7 +8,7 @@ from typing import Any
 
 from certsync import accounts, pki
 from certsync.cdn import CdnAccess, CdnCertificateInfo, CertificateExists, RecordNotFound
-from certsync.controllers import remoteaccount
+from certsync.controllers import cdnbindings, remoteaccount
 from certsync.controllers.base import (
     Resource,
     Runtime,
@@ -37,6 +37,7 @@ from certsync.reconcile import (
     credentials_id,
     keys_of,
 )
+from certsync.reconcile import bindings as rb
 from certsync.reconcile import cdn as rc
 from certsync.reconcile.record import Intent, new_intent
 from certsync.reconcile.targets import target_key
@@ -193,12 +194,13 @@ async def _sync(rt: Runtime, r: Resource) -> float | None:
     plan = rc.plan_without_read(desired, rc.Record.from_status(r.status), now, drift, r.forced)
     rivals = seq is not None and unproven_with_rivals(rt, r, target_key(desired.target, str(seq)), desired.target)
     if plan.action == "done" and not rivals:
-        return await finish(rt, r, plan.state, {}, plan.requeue_after)
+        return await _ready(rt, r, access, material, desired, seq, plan.state, {}, plan.requeue_after)
     if plan.action == "resolve":
         await _resolve(rt, r, access, material)
         plan = rc.plan_without_read(desired, rc.Record.from_status(r.status), now, drift, r.forced)
         if plan.action == "done":
-            return await finish(rt, r, plan.state, {}, plan.requeue_after)
+            seq = rc.wanted_seq(desired, rc.Record.from_status(r.status))
+            return await _ready(rt, r, access, material, desired, seq, plan.state, {}, plan.requeue_after)
     rec = rc.Record.from_status(r.status)
     seq = rc.wanted_seq(desired, rec)
     if seq is not None:
@@ -217,7 +219,8 @@ async def _sync(rt: Runtime, r: Resource) -> float | None:
             item = listed.get(seq)
             if item is not None and item.end_timestamp == int(material.bundle.leaf.not_after.timestamp()):
                 state = State("ready", "Synced", f"certificate seq {seq} in sync")
-                return await finish(rt, r, state, {"lastSyncTime": pki.rfc3339(now)}, next_check(rt, desired))
+                checked = {"lastSyncTime": pki.rfc3339(now)}
+                return await _ready(rt, r, access, material, desired, seq, state, checked, next_check(rt, desired))
         try:
             remote = await rt.cdn.get_certificate(access, seq)
             prove(rt, r, desired.target)
@@ -230,7 +233,7 @@ async def _sync(rt: Runtime, r: Resource) -> float | None:
         if action == "adopt":
             updates = {**facts(material, seq), "appliedDigest": desired.digest, "target": desired.target,
                        "lastSyncTime": pki.rfc3339(now)}  # fmt: skip
-            return await finish(rt, r, state, updates, next_check(rt, desired))
+            return await _ready(rt, r, access, material, desired, seq, state, updates, next_check(rt, desired))
         if action == "patch":
             return await _patch(rt, r, access, material, desired, seq)
     return await _find_or_add(rt, r, access, material, desired)
@@ -247,14 +250,14 @@ async def _patch(
     def outcome(_: int) -> dict[str, Any]:
         return {**facts(material, seq), "appliedDigest": desired.digest, "target": desired.target,
                 "lastSyncTime": pki.rfc3339(now), "lastWriteTime": pki.rfc3339(now),
-                **settled(rt, r, synced)}  # fmt: skip
+                **settled(rt, r, cdnbindings.state_after_write(r, seq, synced))}  # fmt: skip
 
     await guarded_write(rt, r, intent, lambda: rt.cdn.update_certificate(
         access, seq, certificate=material.cert_pem, private_key=material.key_pem), outcome)  # fmt: skip
     prove(rt, r, desired.target)
     forget_listing(rt, access)
     await event(rt, r, "Normal", "Rotated", f"patched certificate seq {seq}")
-    return await finish(rt, r, synced, {}, next_check(rt, desired))
+    return await _ready(rt, r, access, material, desired, seq, synced, {}, next_check(rt, desired))
 
 
 async def _find_or_add(
@@ -270,9 +273,10 @@ async def _find_or_add(
         await record(rt, r, updates)
         await event(rt, r, "Normal", "Adopted", f"adopted existing certificate seq {found}")
         state = State("ready", "Synced", f"certificate seq {found} in sync")
-        return await finish(rt, r, state, {}, next_check(rt, desired))
+        return await _ready(rt, r, access, material, desired, found, state, {}, next_check(rt, desired))
     comment = str(r.spec.get("comment") or f"{r.namespace}/{r.name}")
-    intent = new_intent("add", desired.target, desired.digest, now, chain=list(desired.chain_sha1))
+    intent = new_intent("add", desired.target, desired.digest, now, chain=list(desired.chain_sha1),
+                        cn=desired.leaf_cn)  # fmt: skip
 
     def synced(seq: int) -> State:
         return State("ready", "Synced", f"certificate seq {seq} in sync")
@@ -280,7 +284,7 @@ async def _find_or_add(
     def outcome(seq: int) -> dict[str, Any]:
         return {**facts(material, seq), "appliedDigest": desired.digest, "target": desired.target,
                 "lastSyncTime": pki.rfc3339(now), "lastWriteTime": pki.rfc3339(now),
-                **settled(rt, r, synced(seq))}  # fmt: skip
+                **settled(rt, r, cdnbindings.state_after_write(r, seq, synced(seq)))}  # fmt: skip
 
     try:
         seq = await guarded_write(
@@ -292,7 +296,32 @@ async def _find_or_add(
         return await finish(rt, r, state, {}, 5.0)
     remember_added(rt, access, seq, material, comment)
     await event(rt, r, "Normal", "Created", f"added certificate seq {seq}")
-    return await finish(rt, r, synced(seq), {}, next_check(rt, desired))
+    return await _ready(rt, r, access, material, desired, seq, synced(seq), {}, next_check(rt, desired))
+
+
+async def _ready(
+    rt: Runtime,
+    r: Resource,
+    access: CdnAccess,
+    material: TLSMaterial,
+    desired: rc.Desired,
+    seq: int | None,
+    state: State,
+    updates: Mapping[str, Any],
+    delay: float | None,
+) -> float | None:
+    """The certificate is in sync at `seq`: the resource is Ready only once every CDN resource of bindTo serves it
+    (a fresh read showed it), else its bindings' state stands (and their sooner requeue)."""
+    if seq is None or not cdnbindings.bound_to(r):
+        return await finish(rt, r, state, updates, delay)
+    await record(rt, r, updates)  # the certificate's own facts first: the bindings' records come after them
+    leaf = material.bundle.leaf
+    names = rb.certificate_names(leaf.subject_cn, leaf.sans)
+    bound, more, soon = await cdnbindings.reconcile(rt, r, access, desired.target, seq, names)
+    if bound is None and more.get("bindings"):
+        state = State(state.kind, state.reason, f"{state.message}; served by {len(more['bindings'])} CDN resources")
+    wait = min((d for d in (delay, soon) if d is not None), default=None)
+    return await finish(rt, r, bound or state, more, wait)
 
 
 async def find_by_fingerprint(
