@@ -429,7 +429,7 @@ ADDED_VALUES = [
     ("settings", "logLevel"), ("proxy",), ("remoteCA",), ("extraEnv",), ("envFrom",), ("volumes",),
     ("volumeMounts",), ("affinity",), ("topologySpreadConstraints",), ("metrics", "podMonitor"),
     ("metrics", "serviceMonitor", "scrapeTimeout"), ("metrics", "serviceMonitor", "relabelings"),
-    ("metrics", "serviceMonitor", "metricRelabelings"), ("settings", "cdnBindMethod"),
+    ("metrics", "serviceMonitor", "metricRelabelings"), ("settings", "cdnBindMethod"), ("rbac", "certManagerCertificates"),
 ]  # fmt: skip
 
 

@@ -240,12 +240,14 @@ def test_a_write_answered_before_the_leader_died_is_not_written_again(
     kube.apply(*emqx_inputs(issue("mqtt.example.com")), namespace=namespace)
     a = replicas.start("a", "leader")
     b = replicas.start("b", "standby")
-    # The leader's read and write each take 2 s at the remote; the API server stops answering while the
-    # write is in flight, so the leader cannot record its outcome; it dies once the remote has answered.
-    # The new leader finds the intent without an outcome (write-ahead record) and reads the remote instead.
-    emqx_process.control("POST", "faults", {"kind": "latency", "seconds": 2, "count": 2})
+    # The leader's reads (the TLS, then the deployment) and its write each take 2 s at the remote; the API server
+    # stops answering while the write is in flight, so the leader cannot record its outcome; it dies once the
+    # remote has answered. The new leader finds the intent without an outcome (write-ahead record) and reads the
+    # remote instead.
+    emqx_process.control("POST", "faults", {"kind": "latency", "seconds": 2, "count": 3})
     kube.apply(dtls("broker", emqx_process.url), namespace=namespace)
-    wait_until(lambda: emqx_process.control("GET", "calls")["calls"], 60, "the leader's first read", 0.02)
+    wait_until(lambda: len(emqx_process.control("GET", "calls")["calls"]) >= 2, 60,
+               "the leader's reads: the TLS, then the deployment", 0.02)  # fmt: skip
     wait_until(lambda: emqx_process.control("GET", "calls")["inflight"], 10, "the leader's write in flight", 0.02)
     with api_server_paused(plane_of(kube)):
         wait_until(lambda: emqx_process.writes(), 10, "the write answered", 0.02)

@@ -28,7 +28,7 @@ DASHBOARD = MONITORING / "grafana" / "certsync.json"
 ALERT_TESTS = REPO / "tests" / "monitoring" / "alerts.test.yaml"
 RUNBOOKS = REPO / "docs" / "runbooks"
 RUNBOOK_BASE = "https://github.com/certsync/certsync/blob/main/docs/runbooks/"
-ALERTS = ("CertsyncCertificateExpiringSoon", "CertsyncResourceNotReady", "CertsyncResourceStalled",
+ALERTS = ("CertsyncCertificateExpiringSoon", "CertsyncPushDeadlineSoon", "CertsyncResourceNotReady", "CertsyncResourceStalled",
           "CertsyncRemoteBudgetExhausted", "CertsyncNoLeader", "CertsyncRemoteErrorRateHigh",
           "CertsyncRemoteRateLimited")  # fmt: skip
 # The dashboard's variables and the label each filters: a resource's namespace and kind.

@@ -5,7 +5,7 @@
           ├── EmqxBadRequest          400: the remote called the request invalid (not retried)
           ├── EmqxUnauthorized        401: key or secret wrong
           ├── EmqxForbidden           403: the key may not touch this deployment
-          ├── DeploymentNotFound      404 on a create: no such deployment
+          ├── DeploymentNotFound      404 on a create or on `GET /deployments/{id}`: no such deployment
           ├── TLSNotConfigured        404 on any other call, or a 200 with empty tlsType and status: "absent"
           ├── EmqxInvalidParameters   422: the remote refused the parameters
           ├── EmqxRateLimited         429 (also a RateLimitedError)
@@ -39,6 +39,7 @@ from typing import Any, Final, Literal, TypeVar
 import httpx
 
 from certsync.budget import EMQX_READ, EMQX_UNPROVEN_FRACTION, EMQX_WRITE, Scope, Window, unproven_share
+from certsync.reconcile.deploymenttls import DeploymentCheck
 from certsync.remote import (
     DECODE_ERRORS,
     Attempt,
@@ -67,6 +68,9 @@ STATUS_TERMINATED: Final = "terminated"  # an asynchronous delete is being appli
 KNOWN_STATUSES: tuple[Phase, ...] = (STATUS_PENDING, STATUS_RUNNING, STATUS_FAILED, STATUS_TERMINATED)
 EXPIRE_FORMAT = "%Y-%m-%d %H:%M:%S"
 CALLS = {"GET": "get_tls", "POST": "create_tls", "PUT": "update_tls", "DELETE": "delete_tls"}
+GET_DEPLOYMENT = "get_deployment"  # the call name of `GET /deployments/{id}` (metrics, logs)
+DEPLOYMENT_TYPES = ("serverless", "dedicated", "dedicatedflex")  # providers.md, lower-cased
+DEPLOYMENT_STATUSES = ("running", "starting", "stopped")
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,24 @@ class DeploymentTLSInfo:
             expire_text=expire_text if expire is not None else scrubber.short(expire_text, limit=MAX_WORD),
             message=short(_text(data.get("message")), scrubber),
             status_text=scrubber.short(_text(data["status"]), limit=MAX_WORD),
+        )
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    """`GET /deployments/{id}`: what decides whether a TLS write can succeed. Known fields map to known words
+    (lower case) or `unknown`; nothing else of the answer is kept."""
+
+    deployment_type: str  # serverless, dedicated, dedicatedflex or unknown
+    status: str  # running, starting, stopped or unknown
+
+    @classmethod
+    def from_json(cls, data: Any, scrubber: Scrubber = GENERIC) -> DeploymentInfo:
+        if not isinstance(data, dict):
+            raise EmqxUnexpectedAnswer(200, f"unexpected answer: {short(data, scrubber)}")
+        kind, status = _text(data.get("deploymentType")).lower(), _text(data.get("status")).lower()
+        return cls(
+            kind if kind in DEPLOYMENT_TYPES else "unknown", status if status in DEPLOYMENT_STATUSES else "unknown"
         )
 
 
@@ -258,6 +280,10 @@ class EmqxClient(RemoteClient):
         # Secret versions the deployment refused (401/403): not sent again until the Secret changes, so a woken
         # resource keeps its reason instead of meeting its namespace's quota (and costs the remote nothing).
         self._refused: OrderedDict[tuple[Owner, str], EmqxError] = OrderedDict()
+        # What `GET /deployments/{id}` said, per (credentials owner, deployment), so that a check is made once a
+        # day, not once a pass. Per owner: one tenant's answer (a 404 from credentials that do not see the
+        # deployment) is never another's.
+        self._checks: OrderedDict[tuple[Owner, str], DeploymentCheck] = OrderedDict()
 
     def restore_write_times(self, access: EmqxAccess, deployment_id: str, times: object) -> None:
         """Write times read from a resource's status (`writeTimes`): they join the deployment's window once these
@@ -278,8 +304,11 @@ class EmqxClient(RemoteClient):
         deployment_id: str,
         body: dict[str, str] | None,
         parse: Callable[[httpx.Response, Scrubber], T],
+        resource: str = "/tls",
     ) -> T:
-        """One call (with its retries): the parsed answer of a success, else a typed error, scrubbed."""
+        """One call (with its retries): the parsed answer of a success, else a typed error, scrubbed.
+
+        `resource`: the path under the deployment (`/tls`, or "" for the deployment itself)."""
         scrubber = Scrubber.of(*access.secrets(), (body or {}).get("key"))  # certificates are public
         kwargs: dict[str, Any] = {"sleep": self._sleep} if self._sleep else {}
         scope, window = self.scope(access, deployment_id, method)
@@ -292,7 +321,7 @@ class EmqxClient(RemoteClient):
             # One attempt of the owner for the deployment, its retries included.
             async with self.gate.attempt(owner(access), scope, window, self.shares[scope.method_class]) as go:
                 response = await with_retries(
-                    lambda: self._call_once(access, method, deployment_id, body, scrubber, go),
+                    lambda: self._call_once(access, method, deployment_id, body, scrubber, go, resource),
                     self.retry,
                     idempotent=method == "GET",
                     **kwargs,
@@ -315,13 +344,14 @@ class EmqxClient(RemoteClient):
         body: dict[str, str] | None,
         scrubber: Scrubber,
         go: Attempt,
+        resource: str = "/tls",
     ) -> httpx.Response:
-        url = f"{base_url(access.endpoint)}/deployments/{deployment_id}/tls"
+        url = f"{base_url(access.endpoint)}/deployments/{deployment_id}{resource}"
         request = self._http.build_request(method, url, json=body)
         auth = httpx.BasicAuth(access.api_key, access.api_secret)
         async with self.concurrency.slot(go.scope.target):
             go.send()  # counted when sent, not when queued: the remote counts so
-            response = await self.send(request, "emqx", CALLS[method], auth=auth)
+            response = await self.send(request, "emqx", CALLS[method] if resource else GET_DEPLOYMENT, auth=auth)
         code = response.status_code
         retry_after = None
         if code in REFUSING:
@@ -355,7 +385,34 @@ class EmqxClient(RemoteClient):
     async def delete_tls(self, access: EmqxAccess, deployment_id: str) -> None:
         await self._call(access, "DELETE", deployment_id, None, _nothing)
 
+    async def get_deployment(self, access: EmqxAccess, deployment_id: str) -> DeploymentInfo:
+        """`GET /deployments/{id}`: its type and status, `DeploymentNotFound` on a 404. Counted in the deployment's
+        read window (the remote counts these reads apart, 60 an hour of their own: sharing the TLS reads' window
+        is the stricter budget), through the same gate and slots as every call."""
+        try:
+            return await self._call(access, "GET", deployment_id, None, _deployment, resource="")
+        except TLSNotConfigured as missing:  # any GET 404 reads as "absent"; here the absent thing is the deployment
+            raise DeploymentNotFound(missing.status, f"deployment {deployment_id!r} not found") from None
 
+    def remember_deployment(self, access: EmqxAccess, deployment_id: str, check: DeploymentCheck) -> None:
+        """Keep what a check of the deployment found, for these credentials only (memory, bounded)."""
+        key = (owner(access), deployment_id)
+        self._checks[key] = check
+        self._checks.move_to_end(key)
+        while len(self._checks) > MAX_CHECKS:
+            self._checks.popitem(last=False)
+
+    def deployment_checked(self, access: EmqxAccess, deployment_id: str) -> DeploymentCheck | None:
+        """The last check of the deployment these credentials made in this process, or None."""
+        return self._checks.get((owner(access), deployment_id))
+
+    def forget_owner(self, namespace: str, credentials_id: str) -> None:
+        super().forget_owner(namespace, credentials_id)
+        for key in [k for k in self._checks if k[0] == (namespace, credentials_id)]:
+            del self._checks[key]
+
+
+MAX_CHECKS = 4096  # deployment checks remembered (least recently made forgotten: that deployment is read again)
 MAX_REFUSED = 4096  # refused Secret versions remembered (least recently refused forgotten: it is tried once more)
 REFUSING = (401, 403)
 """Answers that refuse the credentials for the deployment (a wrong key or secret; a key without this deployment):
@@ -376,6 +433,10 @@ def _info_or_absent(response: httpx.Response, scrubber: Scrubber) -> DeploymentT
     if DeploymentTLSInfo.is_absent(data):
         raise TLSNotConfigured(response.status_code, "no TLS configured (empty answer)")
     return DeploymentTLSInfo.from_json(data, scrubber)
+
+
+def _deployment(response: httpx.Response, scrubber: Scrubber) -> DeploymentInfo:
+    return DeploymentInfo.from_json(_json(response), scrubber)
 
 
 def _nothing(response: httpx.Response, scrubber: Scrubber) -> None:

@@ -81,6 +81,8 @@ class KubeLayer(Protocol):
 
     async def event(self, ref: ObjectRef, type_: str, reason: str, message: str) -> None: ...
 
+    async def read_certificate(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+
 
 @dataclass
 class PostedEvent:
@@ -184,7 +186,9 @@ class Kube:
                     transient=False,
                 )
         uid, version = str(meta.get("uid") or ""), str(meta.get("resourceVersion") or "")
-        return SecretView(str(secret.get("type") or ""), data, uid=uid, version=version, read_for=keys)
+        certificate = str((meta.get("annotations") or {}).get("cert-manager.io/certificate-name") or "")[:253]
+        return SecretView(str(secret.get("type") or ""), data, uid=uid, version=version, read_for=keys,
+                          certificate_name=certificate)  # fmt: skip
 
     async def patch_status(self, ref: ObjectRef, status: Mapping[str, Any]) -> None:
         for attempt in range(STATUS_ATTEMPTS):
@@ -281,3 +285,24 @@ class Kube:
             body=body, timeout=REQUEST_TIMEOUT,
         )  # fmt: skip
         return str((created.get("metadata") or {}).get("name") or "")
+
+    async def read_certificate(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The cert-manager Certificate `name` (cert-manager.io/v1), or None when the operator may not read it or it
+        does not exist (403, 404: cert-manager absent, or the optional RBAC not granted): its renewal time is then
+        simply unknown. Capped at 256 KiB; any other failure is a transient `KubeError`."""
+        try:
+            return await asyncio.to_thread(
+                self.http.json, "GET", path("apis", "cert-manager.io", "v1", "namespaces", namespace, "certificates",
+                                            name),
+                timeout=REQUEST_TIMEOUT, max_bytes=256 * 1024,
+            )  # fmt: skip
+        except kubernetes.client.ApiException as error:
+            if error.status in (403, 404):
+                return None
+            raise KubeError(
+                "InternalError", f"reading Certificate {name!r}: HTTP {error.status}", transient=True
+            ) from None
+        except Exception as error:  # timeouts, an answer too large or not JSON
+            raise KubeError(
+                "InternalError", f"reading Certificate {name!r}: {type(error).__name__}", transient=True
+            ) from None

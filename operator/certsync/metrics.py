@@ -72,6 +72,18 @@ class Metrics:
             "certsync_certificate_expiration_timestamp_seconds", "Expiry of the synced certificate (Unix time)",
             ["kind", "namespace", "name"], registry=self.registry,
         )  # fmt: skip
+        self.push_deadline = Gauge(
+            "certsync_certificate_push_deadline_timestamp_seconds",
+            "Until when the destination still takes the resource's certificate (Unix time): EMQX Cloud refuses one "
+            "within 60 days of its expiry",
+            ["kind", "namespace", "name"], registry=self.registry,
+        )  # fmt: skip
+        self.push_deadline_at_risk = Gauge(
+            "certsync_certificate_push_deadline_at_risk",
+            "1 while the push deadline is at risk (PushDeadlineAtRisk: the renewal comes after it, or it is 14 days "
+            "away or less with no renewal in sight), else 0",
+            ["kind", "namespace", "name"], registry=self.registry,
+        )  # fmt: skip
         self.ready = Gauge(
             "certsync_certificate_ready_status", "Ready condition of each resource (1 for the current condition)",
             ["kind", "namespace", "name", "condition"], registry=self.registry,
@@ -140,13 +152,30 @@ class Metrics:
         if state == "ready" and synced_at is not None:
             self.last_sync.labels(kind, namespace, name).set(synced_at.timestamp())
 
+    def deadline_known(
+        self, kind: str, namespace: str, name: str, deadline: dt.datetime, at_risk: bool | None = None
+    ) -> None:
+        """The push deadline of the resource's current certificate (a pass computed it from the Secret's leaf) and
+        whether it is at risk (None: not known this pass, the series keeps its value)."""
+        namespace, name = self.who(namespace, name)
+        self.push_deadline.labels(kind, namespace, name).set(deadline.timestamp())
+        if at_risk is not None:
+            self.push_deadline_at_risk.labels(kind, namespace, name).set(1.0 if at_risk else 0.0)
+
     def forget(self, kind: str, namespace: str, name: str) -> None:
         """A deleted resource leaves no stale series behind."""
         namespace, name = self.who(namespace, name)
         for value in CONDITIONS:
             with contextlib.suppress(KeyError):
                 self.ready.remove(kind, namespace, name, value)
-        for gauge in (self.expiry, self.stalled, self.suspended, self.last_sync):
+        for gauge in (
+            self.expiry,
+            self.push_deadline,
+            self.push_deadline_at_risk,
+            self.stalled,
+            self.suspended,
+            self.last_sync,
+        ):
             with contextlib.suppress(KeyError):
                 gauge.remove(kind, namespace, name)
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 from certsync import accounts, pki
 from certsync.controllers.base import (
+    KINDS,
+    MAX_TEXT,
     Resource,
     Runtime,
     conflict,
@@ -22,7 +27,8 @@ from certsync.controllers.base import (
     tracked,
     unproven_with_rivals,
 )
-from certsync.emqx import DeploymentTLSInfo, EmqxAccess, TLSNotConfigured
+from certsync.emqx import DeploymentNotFound, DeploymentTLSInfo, EmqxAccess, TLSNotConfigured
+from certsync.kube import KubeError
 from certsync.reconcile import (
     EMQX_CREDENTIALS,
     TLS_KEYS,
@@ -33,10 +39,11 @@ from certsync.reconcile import (
     check_tls_secret,
     credentials,
     credentials_id,
+    deadlines,
     keys_of,
 )
 from certsync.reconcile import deploymenttls as rd
-from certsync.reconcile.conditions import POLL_FIRST_S
+from certsync.reconcile.conditions import POLL_FIRST_S, parse_time
 from certsync.reconcile.record import new_intent
 from certsync.reconcile.targets import target_key
 from certsync.settings import parse_duration
@@ -77,34 +84,37 @@ async def _sync(rt: Runtime, r: Resource) -> float | None:
     material = await asyncio.to_thread(check_tls_secret, name, secret, now)
     if not isinstance(material, TLSMaterial):
         return await finish(rt, r, material.state(), {}, None)
+    too_short: pki.ValidityTooShort | None = None
     try:  # what EMQX itself refuses (key types, issuer's algorithm, 60 days left) costs no call
         pki.check_destination(material.bundle, "emqx", now)
     except pki.ValidityTooShort as problem:
         # A certificate already applied may run into its last 60 days: it stays; only a new one is refused.
         if r.status.get("fingerprint") != material.fingerprint:
-            return await finish(
-                rt, r, State("stalled", problem.reason, f"Secret {name!r}: {problem.message}"), {}, None
-            )
+            too_short = problem
     except pki.CertificateProblem as problem:
         return await finish(rt, r, State("stalled", problem.reason, f"Secret {name!r}: {problem.message}"), {}, None)
+    extra = await _push_deadline(rt, r, secret, material, now)  # recorded with the pass's next status patch
+    if too_short is not None:
+        return await finish(rt, r, State("stalled", too_short.reason, f"Secret {name!r}: {too_short.message}"),
+                            extra, None)  # fmt: skip
     tls_type = str(spec.get("tlsType", "one-way"))
     cacert: str | None = None
     ca_digest = ""
     if tls_type == "two-way":
         ref = spec.get("clientCA") or {}
         if not ref:
-            return await finish(rt, r, State("stalled", "InvalidSpec", "two-way TLS needs spec.clientCA"), {}, None)
+            return await finish(rt, r, State("stalled", "InvalidSpec", "two-way TLS needs spec.clientCA"), extra, None)
         ca_key = str(ref.get("key", "ca.crt"))
         ca_secret = await rt.kube.read_secret(r.namespace, ref["secretName"], [ca_key])
         ca = check_ca_secret(ref["secretName"], ca_key, ca_secret)
         if not isinstance(ca, tuple):
-            return await finish(rt, r, ca.state(), {}, None)
+            return await finish(rt, r, ca.state(), extra, None)
         cacert, ca_digest = ca
     creds_ns, creds_name, _ = accounts.credentials_location(r.namespace, spec)
     creds_secret = await rt.kube.read_secret(creds_ns, creds_name, keys_of(EMQX_CREDENTIALS)) if creds_ns else None
     creds = credentials(creds_name, creds_secret, EMQX_CREDENTIALS)
     if not isinstance(creds, dict):
-        return await finish(rt, r, creds.state(), {}, None)
+        return await finish(rt, r, creds.state(), extra, None)
     access = emqx_access(r, creds, creds_secret)
     deployment = str(spec["deploymentId"])
     scope, window = rt.emqx.scope(access, deployment, "PUT")
@@ -126,7 +136,18 @@ async def _sync(rt: Runtime, r: Resource) -> float | None:
     plan = rd.plan(observed(None))
     if plan.action != "read" and not (plan.state.kind == "ready" and unproven_with_rivals(rt, r, target)):
         updates = {"pollAttempt": r.status.get("pollAttempt", 0)} if plan.action == "wait" else {}
-        return await finish(rt, r, plan.state, updates, plan.requeue_after)
+        return await finish(rt, r, plan.state, {**extra, **updates}, plan.requeue_after)
+
+    gate = DeploymentGate(rt, r, access, deployment, target)
+    last = gate.known()
+    before = observed(None)
+    if last is not None and last.blocks and not rd.in_sync(before) and before.record.intent is None:
+        # The last check, before a write, found no deployment that takes TLS: nothing is read or written until a
+        # check says otherwise (when its time is up, the deployment is read again first, before its TLS).
+        stop = await gate.stop_or_check({**extra})
+        if stop is not None:
+            return stop[0]
+        extra = {**extra, **gate.updates}
 
     remote = await _read(rt, access, deployment)
     if not remote.absent:  # a 404 is no proof: EMQX says the same of a deployment another account's key cannot see
@@ -151,9 +172,15 @@ async def _sync(rt: Runtime, r: Resource) -> float | None:
         await event(rt, r, "Normal", "Adopted", "the remote already held this certificate: no write")
         plan = rd.plan(observed(remote))
     if plan.action in ("create", "update"):
-        return await _write(rt, r, plan.action, access, deployment, desired, material, cacert, scope, window)
+        # One read of the deployment before the first write to it (and a day after the last one): a Serverless,
+        # stopped or missing deployment costs no write.
+        stop = await gate.stop_or_check({**extra, **reading})
+        if stop is not None:
+            return stop[0]
+        extra = {**extra, **gate.updates}
+        return await _write(rt, r, plan.action, access, deployment, desired, material, cacert, scope, window, extra)
     attempt = int(r.status.get("pollAttempt", 0))
-    updates = {**reading, "pollAttempt": attempt + 1 if plan.action == "wait" else 0}
+    updates = {**extra, **reading, "pollAttempt": attempt + 1 if plan.action == "wait" else 0}
     if plan.state.kind == "ready":
         updates["lastSyncTime"] = pki.rfc3339(now)
         if r.status.get("observedExpire") is None:
@@ -181,7 +208,7 @@ def _remote_fields(remote: rd.Remote) -> dict[str, Any]:
 
 async def _write(
     rt: Runtime, r: Resource, action: str, access: EmqxAccess, deployment: str, desired: rd.Desired,
-    material: TLSMaterial, cacert: str | None, scope: Any, window: Any,
+    material: TLSMaterial, cacert: str | None, scope: Any, window: Any, extra: Mapping[str, Any],
 ) -> float | None:  # fmt: skip
     now = rt.clock()
     write = rt.emqx.create_tls if action == "create" else rt.emqx.update_tls
@@ -196,7 +223,7 @@ async def _write(
             "appliedDigest": desired.digest, "target": desired.target, "fingerprint": material.fingerprint,
             "remoteStatus": info.status, "tlsType": info.tls_type, "expire": expire, "observedExpire": expire,
             "lastWriteTime": pki.rfc3339(now), "lastReadTime": pki.rfc3339(now), "pollAttempt": 0,
-            "writeTimes": rt.budget.export(scope, window)["sent"], **settled(rt, r, after(info)),
+            "writeTimes": rt.budget.export(scope, window)["sent"], **extra, **settled(rt, r, after(info)),
         }  # fmt: skip
 
     def after(info: DeploymentTLSInfo) -> State:
@@ -214,3 +241,117 @@ async def _write(
     reason = "Rotated" if rotated else ("Created" if action == "create" else "Updated")
     await event(rt, r, "Normal", reason, f"{action}d the deployment's TLS (leaf {material.fingerprint[:23]}…)")
     return await finish(rt, r, after(info), {}, POLL_FIRST_S)
+
+
+class DeploymentGate:
+    """Whether the deployment takes TLS writes, from one `GET /deployments/{id}` a day per credentials owner.
+
+    Remembered in the client (per owner and deployment: one tenant's answer is never another's) and in status
+    (`deploymentCheck`, trusted only for the credentials it names, by digest: a restart does not read again
+    within the day). A 404 proves nothing (EMQX says the same of a deployment the key may not see); a 200 proves
+    the credentials for the deployment, as any authenticated answer does."""
+
+    def __init__(self, rt: Runtime, r: Resource, access: EmqxAccess, deployment: str, target: str) -> None:
+        self.rt, self.r, self.access, self.deployment, self.target = rt, r, access, deployment, target
+        self.owner = hashlib.sha256(f"{access.namespace}\0{access.credentials_id}".encode()).hexdigest()[:16]
+        self.updates: dict[str, Any] = {}
+
+    def known(self) -> rd.DeploymentCheck | None:
+        kept = self.rt.emqx.deployment_checked(self.access, self.deployment)
+        return kept or rd.DeploymentCheck.from_status(self.r.status.get("deploymentCheck"), self.owner)
+
+    async def stop_or_check(self, updates: Mapping[str, Any]) -> tuple[float | None] | None:
+        """None when a write may go on; else the pass's end (a 1-tuple of its requeue delay), `updates` recorded."""
+        check = self.known()
+        verdict = rd.deployment_verdict(check, self.rt.clock(), self.deployment)
+        if verdict.action == "check":
+            check = await self._read()
+            verdict = rd.deployment_verdict(check, self.rt.clock(), self.deployment)
+        if check is not None:
+            self.updates = {"deploymentCheck": check.to_status(self.owner)}
+        if verdict.action == "write" or verdict.state is None:
+            return None
+        return (await finish(self.rt, self.r, verdict.state, {**updates, **self.updates}, verdict.requeue_after),)
+
+    async def _read(self) -> rd.DeploymentCheck:
+        try:
+            info = await self.rt.emqx.get_deployment(self.access, self.deployment)
+        except DeploymentNotFound:
+            check = rd.DeploymentCheck(self.rt.clock(), found=False)
+        else:
+            prove(self.rt, self.r, self.target)  # an authenticated answer about this deployment
+            check = rd.DeploymentCheck(self.rt.clock(), info.deployment_type, info.status)
+        self.rt.emqx.remember_deployment(self.access, self.deployment, check)
+        return check
+
+
+async def _push_deadline(
+    rt: Runtime, r: Resource, secret: SecretView | None, material: TLSMaterial, now: dt.datetime
+) -> dict[str, Any]:
+    """The leaf's push deadline (status and metric) and its condition; the status fields to record."""
+    leaf = material.bundle.leaf
+    certificate = secret.certificate_name if secret is not None else ""
+    known, memo = await _renewal(rt, r, secret, certificate)
+    verdict = deadlines.verdict(leaf.not_before, leaf.not_after, now, known, certificate)
+    rt.metrics.deadline_known(KINDS[r.plural], r.namespace, r.name, verdict.deadline,
+                              verdict.at_risk if memo is not None else None)  # fmt: skip
+    if memo is not None:  # None: the Certificate could not be read this time; its condition stays as it was
+        await _deadline_condition(rt, r, verdict)
+    # memo {}: no Certificate named (any earlier record goes); None: unknown this pass (the record stays)
+    return {"pushDeadline": pki.rfc3339(verdict.deadline), **({"renewal": memo or None} if memo is not None else {})}
+
+
+async def _renewal(
+    rt: Runtime, r: Resource, secret: SecretView | None, certificate: str
+) -> tuple[dt.datetime | None, dict[str, Any] | None]:
+    """cert-manager's renewal time for the Secret's Certificate, read once per Secret version (status keeps it
+    across restarts; `certsync.io/requested-at` reads it again, after a changed renewBefore), and what status
+    records of it. ({}: no cert-manager Certificate named; None: unknown this pass, a transient failure.)"""
+    if secret is None or not certificate:
+        return None, {}
+    version = credentials_id(secret)
+    kept = r.status.get("renewal")
+    if isinstance(kept, dict) and not r.forced and (kept.get("certificate"), kept.get("secretVersion")) == (
+        certificate, version,
+    ):  # fmt: skip
+        return parse_time(kept.get("renewalTime")), kept
+    try:
+        found = await rt.kube.read_certificate(r.namespace, certificate)
+    except KubeError:
+        return None, None
+    memo: dict[str, Any] = {"certificate": certificate, "secretVersion": version}
+    renewal = _renewal_time(found, str(r.spec["secretName"]))
+    if renewal is not None:
+        memo["renewalTime"] = pki.rfc3339(renewal)
+    return renewal, memo
+
+
+def _renewal_time(found: Mapping[str, Any] | None, secret_name: str) -> dt.datetime | None:
+    """`status.renewalTime` of a Certificate that writes this Secret (its `spec.secretName`); else None."""
+    if not isinstance(found, Mapping):
+        return None
+    spec, status = found.get("spec"), found.get("status")
+    if not isinstance(spec, Mapping) or spec.get("secretName") != secret_name or not isinstance(status, Mapping):
+        return None
+    return parse_time(status.get("renewalTime"))
+
+
+async def _deadline_condition(rt: Runtime, r: Resource, verdict: deadlines.Verdict) -> None:
+    """`PushDeadlineAtRisk`: True with a Warning Event when the deadline is at risk, False (and a Normal Event)
+    once it no longer is; absent until the first risk. Its own condition, beside kstatus' three: the certificate
+    on the deployment is fine (Ready stays True), a later push is what is at risk. Patched only when it changes."""
+    conditions = list(r.status.get("conditions", []))
+    old = next((c for c in conditions if c.get("type") == deadlines.CONDITION), None)
+    if old is None and not verdict.at_risk:
+        return
+    status, message = ("True" if verdict.at_risk else "False"), verdict.message[:MAX_TEXT]
+    said = (status, verdict.reason, message)
+    unchanged = old is not None and (old.get("status"), old.get("reason"), old.get("message")) == said
+    if unchanged and old is not None and old.get("observedGeneration") == r.generation:
+        return
+    since = old.get("lastTransitionTime") if old is not None and old.get("status") == status else None
+    new = {"type": deadlines.CONDITION, "status": status, "reason": verdict.reason, "message": message,
+           "observedGeneration": r.generation, "lastTransitionTime": since or pki.rfc3339(rt.clock())}  # fmt: skip
+    await record(rt, r, {"conditions": [c for c in conditions if c.get("type") != deadlines.CONDITION] + [new]})
+    if not unchanged:  # a new generation alone is recorded, not announced
+        await event(rt, r, "Warning" if verdict.at_risk else "Normal", verdict.reason, message)

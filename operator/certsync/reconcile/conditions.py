@@ -50,6 +50,8 @@ def conditions(
                 "lastTransitionTime": pki.rfc3339(now) if changed else old.get("lastTransitionTime", pki.rfc3339(now)),
             }
         )
+    # Conditions of other types (a DeploymentTLS's PushDeadlineAtRisk) are their owner's: kept as they are.
+    result.extend(dict(c) for c in previous if c.get("type") not in wanted)
     return result
 
 

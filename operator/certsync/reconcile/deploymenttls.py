@@ -12,6 +12,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Literal
 
+from certsync import pki
 from certsync.reconcile.conditions import State, parse_time, poll_delay
 from certsync.reconcile.record import Intent
 
@@ -174,3 +175,92 @@ def _plan_without_read(o: Observed) -> Plan:
 
 def _str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+# --- deployment checks: what `GET /deployments/{id}` said, before a write is spent ---------------------------
+
+CHECK_TTL_S = 86400.0  # a deployment's type and status are read again before a write a day after the last read
+NOT_RUNNING_RECHECK_S = {"starting": 120.0, "stopped": 600.0}  # a deployment that is not running, looked at again
+UNSUPPORTED_TYPES = ("serverless",)  # EMQX Cloud's TLS API serves Dedicated (and Dedicated Flex) deployments
+NOT_RUNNING = tuple(NOT_RUNNING_RECHECK_S)
+
+
+@dataclass(frozen=True)
+class DeploymentCheck:
+    """One answer of `GET /deployments/{id}` for one credentials owner: type and status in lower case, or
+    `found=False` for a 404 (which, from credentials not proven for the deployment, says only that these
+    credentials do not see it)."""
+
+    checked_at: dt.datetime
+    deployment_type: str = ""
+    status: str = ""
+    found: bool = True
+
+    @property
+    def blocks(self) -> bool:
+        """It found no deployment that takes TLS writes: missing, Serverless, or not running."""
+        return not self.found or self.deployment_type in UNSUPPORTED_TYPES or self.status in NOT_RUNNING
+
+    def to_status(self, owner: str) -> dict[str, object]:
+        if not self.found:
+            return {"checkedAt": pki.rfc3339(self.checked_at), "owner": owner, "status": "absent"}
+        return {"checkedAt": pki.rfc3339(self.checked_at), "owner": owner,
+                "deploymentType": self.deployment_type, "status": self.status}  # fmt: skip
+
+    @classmethod
+    def from_status(cls, value: object, owner: str) -> DeploymentCheck | None:
+        """The check a resource's status recorded, only for these credentials (`owner`, an opaque digest)."""
+        if not isinstance(value, dict) or value.get("owner") != owner:
+            return None
+        at = parse_time(value.get("checkedAt"))
+        if at is None:
+            return None
+        status = str(value.get("status") or "")
+        if status == "absent":
+            return cls(at, found=False)
+        return cls(at, str(value.get("deploymentType") or ""), status)
+
+
+DeploymentAction = Literal["check", "write", "stop"]
+
+
+@dataclass(frozen=True)
+class DeploymentVerdict:
+    action: DeploymentAction  # check: read it now; write: it takes TLS; stop: no write (state says why)
+    state: State | None = None
+    requeue_after: float | None = None
+
+
+def deployment_verdict(check: DeploymentCheck | None, now: dt.datetime, deployment: str) -> DeploymentVerdict:
+    """Whether a write to `deployment` may go on, from the last check of these credentials (None: never checked).
+
+    Only documented words stop a write: Serverless, `starting`, `stopped`, not found. Another type or status goes
+    on, and the write's own answer decides (a word EMQX adds later must not block every write)."""
+    if check is None:
+        return DeploymentVerdict("check")
+    age = (now - check.checked_at).total_seconds()
+    if age < 0 or age >= CHECK_TTL_S:
+        return DeploymentVerdict("check")
+    left = CHECK_TTL_S - age
+    if not check.found:
+        why = (
+            f"deployment {deployment!r} not found (GET /deployments/{deployment}: 404): check spec.deploymentId "
+            "(EMQX also answers 404 for a deployment the API key may not see); no write was sent"
+        )
+        return DeploymentVerdict("stop", State("stalled", "RemoteNotFound", why), left)
+    if check.deployment_type in UNSUPPORTED_TYPES:
+        why = (
+            f"deployment {deployment!r} is a Serverless deployment: EMQX Cloud's TLS API serves Dedicated "
+            "deployments only (Serverless ones offer TLS on their own domain); no write was sent"
+        )
+        return DeploymentVerdict("stop", State("stalled", "UnsupportedDeploymentType", why), left)
+    if check.status in NOT_RUNNING:
+        recheck = NOT_RUNNING_RECHECK_S[check.status]
+        if age >= recheck:
+            return DeploymentVerdict("check")
+        why = (
+            f"deployment {deployment!r} is {check.status}, not running: the certificate is written once it runs "
+            f"(looked at again every {recheck / 60:.0f} minutes)"
+        )
+        return DeploymentVerdict("stop", State("reconciling", "DeploymentNotRunning", why), recheck - age)
+    return DeploymentVerdict("write")

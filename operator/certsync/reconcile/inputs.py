@@ -32,6 +32,9 @@ class SecretView:
     # The keys this view was read for (None: all): a Secret's other keys are never kept, so a kept view serves
     # only passes asking for keys within these.
     read_for: frozenset[str] | None = None
+    # metadata.annotations["cert-manager.io/certificate-name"]: the cert-manager Certificate that writes this
+    # Secret ("" when none). The only annotation kept (annotations may be 256 KiB).
+    certificate_name: str = ""
 
     def serves(self, keys: frozenset[str]) -> bool:
         return self.read_for is None or keys <= self.read_for
