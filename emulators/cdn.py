@@ -16,11 +16,14 @@ account answers 455; the SSL API allows `rate_limit` calls per minute per
 account and answers HTTP 429 beyond that.
 
 Dialects (`CdnConfig.dialects`, `--dialect NAME`, any combination) serve the
-other shapes the family's public material shows; see `DIALECTS`.
+other shapes the family's public material shows; see `DIALECTS`. `POST
+/_emulator/write-latency` (`{"seconds": S}`) makes every later certificate add
+or patch and every order wait S seconds before it is applied and answered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
 import secrets
@@ -93,6 +96,9 @@ class CdnConfig:
     # one for the same names appears in the list (None: never, the operator must order again).
     le_auto_renew_days: float | None = None
     task_delay: float = TASK_DELAY_S  # how long a configuration task of an HTTP resource runs
+    # A certificate add or patch, and a Let's Encrypt order, waits this long before it is applied and answered: a
+    # slow remote, so that a test can act while the write is in flight. `POST /_emulator/write-latency`.
+    write_latency: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = set(self.dialects) - DIALECTS.keys()
@@ -416,7 +422,15 @@ def build_app(state: CdnState) -> web.Application:
         answer = stored.as_json("details" in request.query, config.dialects)
         return envelope(0, answer if "get-object" in config.dialects else [answer], "")
 
+    async def slow_write(request: web.Request) -> None:
+        """The write lands (and is answered) only after the latency; its body is read first, so that it lands even
+        when the client is gone by then (a remote applies what it received)."""
+        if config.write_latency > 0:
+            await request.read()
+            await asyncio.sleep(config.write_latency)
+
     async def add_certificate(request: web.Request) -> web.Response:
+        await slow_write(request)
         body = await body_of(request)
         fields = ("certificate", "private_key", "comment")
         if body is None or not all(isinstance(body.get(f), str) for f in fields):
@@ -428,6 +442,7 @@ def build_app(state: CdnState) -> web.Application:
         return envelope(0, {"seq": seq}, "cert saved")
 
     async def update_certificate(request: web.Request) -> web.Response:
+        await slow_write(request)
         seq = _seq(request)
         body = await body_of(request)
         known = {"certificate", "private_key", "comment"}
@@ -478,12 +493,14 @@ def build_app(state: CdnState) -> web.Application:
         return envelope(0, message="Success")
 
     async def order_resource(request: web.Request) -> web.Response:
+        await slow_write(request)
         resource = request.match_info["resource"]
         if resource not in config.resources:
             return envelope(454)
         return _order(resource, config.resources[resource])
 
     async def order_wildcard(request: web.Request) -> web.Response:
+        await slow_write(request)
         body = await body_of(request)
         domains = body.get("domains") if body else None
         if not isinstance(domains, list) or not domains or not all(isinstance(d, str) and d for d in domains):
@@ -501,6 +518,15 @@ def build_app(state: CdnState) -> web.Application:
             state.hidden[int(item["seq"])] = int(item.get("calls", 1))
         return json_response({"failing": sorted(config.failing), "brokenDns": sorted(config.broken_dns)})
 
+    async def control_write_latency(request: web.Request) -> web.Response:
+        """Control API: `{"seconds": S}`, how long every later certificate write or order waits before it is applied."""
+        body = await body_of(request)
+        seconds = body.get("seconds") if body else None
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
+            return json_response({"error": "seconds must be a number of seconds, 0 or more"}, 400)
+        config.write_latency = float(seconds)
+        return json_response({"writeLatency": config.write_latency})
+
     async def describe_config(_: web.Request) -> web.Response:
         """Control API: the dialect this emulator was started with."""
         return json_response({"dialects": sorted(config.dialects)})
@@ -514,6 +540,7 @@ def build_app(state: CdnState) -> web.Application:
     app.add_routes(
         [
             web.post("/_emulator/letsencrypt", control_letsencrypt),
+            web.post("/_emulator/write-latency", control_write_latency),
             web.get("/_emulator/config", describe_config),
             web.post("/app/oauth/v1/token/", token),
             web.get(prefix + "/certificate/", list_certificates),

@@ -10,11 +10,14 @@ POST when TLS exists, `pending` for `pending_seconds` after a write, then
 reads and 6 writes per window per deployment with 429 and `Retry-After`.
 
 Dialects (`EmqxConfig.dialects`, `--dialect NAME`, any combination) serve the
-other shapes EMQ's public material shows; see `DIALECTS`.
+other shapes EMQ's public material shows; see `DIALECTS`. `POST
+/_emulator/write-latency` (`{"seconds": S}`) makes every later TLS write wait
+S seconds before it is applied and answered: a slow remote.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime as dt
@@ -26,7 +29,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from emulators import certs
-from emulators.common import EmulatorCore, Handler, SlidingLimit, control_routes, fault_middleware, json_response
+from emulators.common import (
+    EmulatorCore,
+    Handler,
+    SlidingLimit,
+    body_of,
+    control_routes,
+    fault_middleware,
+    json_response,
+)
 
 DIALECTS = {
     "bare-404": "absent TLS (and an unknown deployment, except to a create) answers 404 with no body",
@@ -79,6 +90,9 @@ class EmqxConfig:
     # Serverless or not running deployment answer 422 (project's choice: the provider does not say).
     deployment_types: dict[str, str] = field(default_factory=dict)
     deployment_statuses: dict[str, str] = field(default_factory=dict)
+    # A TLS write (POST, PUT) waits this long before it is applied and answered: a slow remote, so that a test can
+    # act (delete the resource, kill the operator) while the write is in flight. `POST /_emulator/write-latency`.
+    write_latency: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = set(self.dialects) - DIALECTS.keys()
@@ -239,6 +253,11 @@ def build_app(state: EmqxState) -> web.Application:
         creds = authenticated(request)
         if isinstance(creds, web.Response):
             return creds
+        if request.method in ("POST", "PUT") and config.write_latency > 0:
+            # The write lands (and is answered) only after this; its body is read first, so that it lands even when
+            # the client is gone by then (a remote applies what it received).
+            await request.read()
+            await asyncio.sleep(config.write_latency)
         scoped = creds[0] == config.api_key and deployment in config.deployments
         limit = state.reads if request.method == "GET" else state.writes
         wait = limit.hit(f"{creds[0]}:{deployment}", core.now())
@@ -337,8 +356,18 @@ def build_app(state: EmqxState) -> web.Application:
         config.deployment_statuses.update(statuses)
         return json_response({"types": config.deployment_types, "statuses": config.deployment_statuses})
 
+    async def control_write_latency(request: web.Request) -> web.Response:
+        """Control API: `{"seconds": S}`, how long every later TLS write waits before it is applied."""
+        body = await body_of(request)
+        seconds = body.get("seconds") if body else None
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
+            return json_response({"error": "seconds must be a number of seconds, 0 or more"}, 400)
+        config.write_latency = float(seconds)
+        return json_response({"writeLatency": config.write_latency})
+
     app = web.Application(middlewares=[fault_middleware(core, lambda code: state.error(code, "injected error"))])
     app.add_routes(control_routes(core, state.reset))
+    app.add_routes([web.post("/_emulator/write-latency", control_write_latency)])
     app.add_routes([web.route("*", "/deployments/{deployment_id}/tls", tls)])
     app.add_routes([web.get("/deployments", deployments), web.get("/deployments/{deployment_id}", deployment)])
     app.add_routes([web.post("/_emulator/deployments", control_deployments)])

@@ -7,8 +7,9 @@ import dataclasses
 from typing import Any
 
 import pytest
+from certsync import pki
 from certsync.budget import Window
-from certsync.controllers import cdnbindings, cdncertificate
+from certsync.controllers import cdnbindings, cdncertificate, deletion
 from certsync.controllers.base import Resource
 from certsync.controllers.cdnbindings import binding_key
 from certsync.kube import KubeError
@@ -266,3 +267,36 @@ async def test_many_bindings_within_a_small_budget_progress_without_reading_twic
         if "/cdn/api/v1/" in call.path:
             per_minute[int(call.at // 60)] = per_minute.get(int(call.at // 60), 0) + 1
     assert max(per_minute.values()) <= 5 * 2  # never more than the window allows (two windows may share a minute)
+
+
+async def test_delete_keeps_a_certificate_a_cdn_resource_still_serves(world: World, cdn: Emulator) -> None:
+    """deletionPolicy Delete of a bound certificate: a Warning names the resources serving it, and at the delete
+    timeout the finalizer goes with the certificate left in place (deleting it would break the site)."""
+    spec = cdn_spec(cdn, bindTo=["res1"], deletionPolicy="Delete")
+    shop_chain(world, "www.shop.example")
+    await sync(world, "shop", spec)
+    await world.advance(3)
+    await sync(world, "shop", spec)
+    seq = world.status("shop")["seq"]
+    assert served(cdn, "res1") == seq
+    r = Resource("cdncertificates", NS, "shop", "uid-shop", 1, "2026-01-01T00:00:00Z", spec, dict(world.status("shop")))
+    started = pki.rfc3339(world.rt.clock())
+    again = await deletion.delete(world.rt, r, started, 0)
+    assert again is not None and seq in cdn.state.certificates  # kept, retried
+    warning = [m for n, reason, m in world.kube.events if reason == "DeleteRetrying"]
+    assert warning and "still served by CDN resource res1" in warning[-1]
+    await world.advance(world.rt.settings.delete_timeout + 1)
+    assert await deletion.delete(world.rt, r, started, 1) is None  # the finalizer goes, the certificate stays
+    assert seq in cdn.state.certificates
+    assert any(reason == "DeleteFailed" and "still served" in m for _, reason, m in world.kube.events)
+    assert not any(c.method == "DELETE" for c in cdn.state.core.calls)
+
+
+async def test_delete_of_a_certificate_without_bindings_spends_no_resource_call(world: World, cdn: Emulator) -> None:
+    spec = cdn_spec(cdn, deletionPolicy="Delete")
+    shop_chain(world, "www.shop.example")
+    await sync(world, "shop", spec)
+    seq = world.status("shop")["seq"]
+    r = Resource("cdncertificates", NS, "shop", "uid-shop", 1, "2026-01-01T00:00:00Z", spec, dict(world.status("shop")))
+    assert await deletion.delete(world.rt, r, pki.rfc3339(world.rt.clock()), 0) is None
+    assert seq not in cdn.state.certificates and not any("resource" in k for k in counted(cdn))

@@ -3,12 +3,14 @@
 A controller observes (Secrets, status, the remote), asks `certsync.reconcile`
 what to do, applies it and records the outcome in status. Every remote write
 goes through `guarded_write`: the intent is recorded first, the outcome right
-after, and nothing else is called in between.
+after, and nothing else is called in between. While it runs, the write is in
+`Runtime.inflight`, so that a deletion waits for it and removes what it wrote.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import logging
 import random
@@ -21,7 +23,7 @@ from certsync.budget import RateBudget
 from certsync.cdn import CdnClient
 from certsync.emqx import EmqxClient
 from certsync.fairshare import KeyedLocks, WorkerPool
-from certsync.kube import KubeError, KubeLayer, ObjectRef
+from certsync.kube import KubeError, KubeLayer, ObjectRef, ResourceGone
 from certsync.metrics import Metrics
 from certsync.reconcile.conditions import State, conditions, first_seen, jittered, parse_time, poll_delay
 from certsync.reconcile.record import Intent
@@ -36,6 +38,7 @@ log = logging.getLogger("certsync")
 Owners = Callable[[str, str], list[Claim]]  # (plural, target key) -> every resource that names it
 Key = tuple[str, str, str]  # (plural, namespace, name)
 CLAIMANT_WAIT_S = 5.0  # how soon a resource waiting for an older claimant's first pass in this process looks again
+MAX_RELEASED = 4096  # finished deletions remembered (by uid), a few bytes each
 CONFLICT_RECHECK_S = 300.0  # a TargetConflict costs no call: looked at again in case the owner's proof lapsed
 
 
@@ -67,6 +70,21 @@ class Proofs:
 
 
 @dataclass
+class WriteInFlight:
+    """One resource's remote write from its intent to its record, in memory: what a deletion waits for.
+
+    A deletion that begins while the write is in flight would find nothing to remove yet (the write lands after
+    it), so it waits for `done`, then takes the status the write recorded from `view` (the writer's own record,
+    ahead of any watch event) and, when that record failed, what the remote's answer said (`outcome`)."""
+
+    intent: Intent
+    view: dict[str, Any]  # the writer's Resource.local: every status update its pass recorded
+    landing: bool = False  # the call was sent and not refused: what it writes may be on the remote
+    outcome: Mapping[str, Any] | None = None  # the status the remote's answer gave (recorded or not)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
 class Runtime:
     """What every pass shares, created once at startup and closed at cleanup."""
 
@@ -93,6 +111,13 @@ class Runtime:
     cdn_lists: dict[str, tuple[float, Any]] = field(default_factory=dict)
     # Writes in flight with their record: a clean stop lets them finish before closing the clients.
     writes: set[asyncio.Future[Any]] = field(default_factory=set)
+    # Per resource, its last write (in flight from intent to record, then what it recorded or was answered), and
+    # the resources whose deletion began: none of them starts a write any more. Dropped with the resource.
+    inflight: dict[Key, WriteInFlight] = field(default_factory=dict)
+    deleting: set[Key] = field(default_factory=set)
+    # uids whose deletion this process finished: kopf may call the deletion handler again while the resource's
+    # daemon is still exiting, with a watch event older than the write's record; the answer stays "done".
+    released: collections.OrderedDict[str, None] = field(default_factory=collections.OrderedDict)
     accounts: AccountBook = field(default_factory=AccountBook)  # ClusterRemoteAccounts and namespaces, from kopf
     cdn_list_locks: KeyedLocks = field(default_factory=KeyedLocks)  # one list call per account and owner at a time
     # Passes running at once: a thousand daemons take turns (round-robin by namespace) instead of crowding the
@@ -102,10 +127,19 @@ class Runtime:
     # failing on a closed client must not overwrite the last whole pass's status.
     closing: bool = False
 
+    def release(self, uid: str) -> None:
+        """The deletion of this uid is over (the last MAX_RELEASED are remembered)."""
+        self.released[uid] = None
+        self.released.move_to_end(uid)
+        while len(self.released) > MAX_RELEASED:
+            self.released.popitem(last=False)
+
     def forget(self, key: tuple[str, str, str]) -> None:
         """A deleted resource leaves nothing behind in memory."""
         self.last_credentials.pop(key, None)
         self.proofs.forget(key)
+        self.inflight.pop(key, None)
+        self.deleting.discard(key)
         for slot, holder in list(self.order_slots.items()):
             if key[0] == "letsencryptorders" and (holder.namespace, holder.name) == key[1:]:
                 del self.order_slots[slot]
@@ -242,25 +276,62 @@ async def guarded_write(
     call: Callable[[], Awaitable[T]],
     outcome: Callable[[T], Mapping[str, Any]],
 ) -> T:
-    """Record the intent, write, record the outcome; shielded from cancellation between the write and its record."""
-    await record(rt, r, {"intent": intent.to_status()})
+    """Record the intent, write, record the outcome; shielded from cancellation between the write and its record.
+
+    The write is in `rt.inflight` from before its intent until its record (a deletion waits for it), and none
+    starts once the resource's deletion began: what it would write could outlive the resource."""
+    if r.key in rt.deleting:
+        raise ResourceGone(f"{KINDS[r.plural]} {r.namespace}/{r.name} is being deleted: no new remote write")
+    entry = WriteInFlight(intent, r.local)
+    rt.inflight[r.key] = entry
+    try:
+        await record(rt, r, {"intent": intent.to_status()})
+    except BaseException:
+        _write_ended(entry)
+        raise
 
     async def write_and_record() -> T:
+        entry.landing = True
         try:
             result = await call()
         except RemoteError as error:
             if write_not_done(error):
+                entry.landing = False
                 await record(rt, r, {"intent": None})
                 raise
             raise OutcomeUnknown(f"{error.message}; the write's outcome is unknown: reading before any retry",
                                  retry_after=error.retry_after) from error  # fmt: skip
-        await record(rt, r, {**outcome(result), **login_state(rt, r), "intent": None})  # one patch for all
+        entry.outcome = outcome(result)
+        await record(rt, r, {**entry.outcome, **login_state(rt, r), "intent": None})  # one patch for all
         return result
 
     task = asyncio.ensure_future(write_and_record())
     rt.writes.add(task)
     task.add_done_callback(_settled(rt))
+    task.add_done_callback(lambda _: _write_ended(entry))
     return await asyncio.shield(task)
+
+
+# Past the remote call deadline, a write sent before it has been answered or abandoned by the client; this much more
+# is left for the remote to finish applying it before a read is taken to say whether it landed.
+LAND_SLACK_S = 5.0
+
+
+def landing_left(rt: Runtime, intent: Intent) -> float:
+    """Seconds during which an unfinished write of `intent` may still land (0: a read now says for good).
+
+    Whoever settles an intent by reading (a deletion, an order's resolution) waits this out first: a write sent
+    a moment ago may be applied after the read found nothing."""
+    at = parse_time(intent.at)
+    if at is None:
+        return 0.0
+    return max(0.0, (at - rt.clock()).total_seconds() + rt.settings.remote_call_deadline + LAND_SLACK_S)
+
+
+def _write_ended(entry: WriteInFlight) -> None:
+    """The write is over: its waiters go on. The entry stays (the writer's record, and the answer even when its
+    record failed, are what a deletion removes) until the next write of the resource or its deletion."""
+    entry.done.set()
 
 
 def _settled(rt: Runtime) -> Callable[[asyncio.Future[Any]], None]:

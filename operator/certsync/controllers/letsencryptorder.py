@@ -1,7 +1,16 @@
-"""LetsEncryptOrder: order once (recorded before the POST), poll, then claim the certificate that appeared after it."""
+"""LetsEncryptOrder: order once (recorded before the POST), poll, then claim the certificate that appeared after it.
+
+An order whose outcome was never recorded (a crash right after the POST, a lost answer) is settled by reading
+only, never by ordering again: a resource order by its task status, a wildcard order (which has no status call)
+by the account's list, listed again until WILDCARD_SETTLE_S after the intent. Only when the remote shows no order
+(task `no`, or no certificate within that bound) and the POST can no longer land (the remote call deadline has
+passed) is the intent marked failed-to-land (`intent.facts.failedToLand`), and then one new order is placed, with
+an intent of its own first.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +26,7 @@ from certsync.controllers.base import (
     event,
     finish,
     guarded_write,
+    landing_left,
     precheck,
     prove,
     record,
@@ -32,6 +42,7 @@ from certsync.reconcile.record import Intent, new_intent
 from certsync.reconcile.targets import target_key
 from certsync.remote import RemoteError
 
+log = logging.getLogger("certsync")
 INFLIGHT = "letsencryptorders/inflight"  # owners() key space: resource orders running, per account
 QUEUED_S = 10.0  # a resource order waiting for the account's running one looks again this soon
 
@@ -48,13 +59,23 @@ def target_of(spec: Mapping[str, Any]) -> str:
 
 def inflight(status: Mapping[str, Any]) -> bool:
     """A resource order placed (or maybe placed) whose certificate is not found yet and that did not fail."""
-    placed = bool(status.get("orderedAt")) or bool(status.get("intent"))
+    intent = Intent.from_status(status.get("intent"))
+    maybe = intent is not None and not intent.facts.get("failedToLand")
+    placed = bool(status.get("orderedAt")) or maybe
     return placed and not status.get("certificateSeq") and status.get("taskStatus") != "failed"
 
 
-# How long an unrecorded wildcard order is looked for in the account's list before it is taken as never placed
-# (issuance takes seconds to minutes; an order that never left costs this wait once, a second order never).
+# How long an unrecorded wildcard order is looked for in the account's list before it is taken as never placed:
+# the order's expected processing time (DNS-01 validation and issuance take seconds to minutes). An order that
+# never left costs this wait once; a second order is never placed while the first may still be running.
 WILDCARD_SETTLE_S = 15 * 60.0
+
+
+def may_be_running(rt: Runtime, intent: Intent) -> bool:
+    """An unrecorded wildcard order may still be running (or its POST still landing): its intent is younger than
+    WILDCARD_SETTLE_S. An intent without a readable time is as old as can be."""
+    started = parse_time(intent.at)
+    return started is not None and (rt.clock() - started).total_seconds() < WILDCARD_SETTLE_S
 
 
 async def sync(rt: Runtime, r: Resource) -> float | None:
@@ -87,14 +108,16 @@ async def _sync(rt: Runtime, r: Resource) -> float | None:
         issued = State("ready", "Synced", f"certificate seq {status['certificateSeq']} issued")
         return await finish(rt, r, issued, {}, None)
     intent = Intent.from_status(status.get("intent"))
-    if intent is not None:
+    if intent is not None and not intent.facts.get("failedToLand"):
         await _resolve(rt, r, access, intent, resource_id, domains)
     if not (r.status.get("orderedAt") and r.status.get("target") == target):
-        if r.status.get("intent") is not None:
-            state = State("reconciling", "Pending", "settling an unfinished order: looking for its certificate in the "
-                          "account's list before anything is ordered again")  # fmt: skip
+        pending = Intent.from_status(r.status.get("intent"))
+        if pending is not None and not pending.facts.get("failedToLand"):
+            where = "its task status" if resource_id else "its certificate in the account's list"
+            state = State("reconciling", "Pending", f"settling an unfinished order: reading {where} before "
+                          "anything is ordered again")  # fmt: skip
             return await finish(rt, r, state, {}, POLL_FIRST_S)
-        return await _order(rt, r, access, target, resource_id, domains)
+        return await _order(rt, r, access, target, resource_id, domains, again=pending)
     return await _follow(rt, r, access, resource_id, domains)
 
 
@@ -136,8 +159,10 @@ def order_busy(rt: Runtime, r: Resource) -> tuple[State, float] | None:
 
 
 async def _order(
-    rt: Runtime, r: Resource, access: CdnAccess, target: str, resource_id: str, domains: list[str]
-) -> float | None:
+    rt: Runtime, r: Resource, access: CdnAccess, target: str, resource_id: str, domains: list[str],
+    again: Intent | None = None,
+) -> float | None:  # fmt: skip
+    """Place the order, its intent recorded first; `again`: the earlier intent, settled as failed to land."""
     account = account_of(r.spec)
     if resource_id:
         busy = order_busy(rt, r)
@@ -151,7 +176,8 @@ async def _order(
         before = sorted(c.seq for c in await rt.cdn.list_certificates(access))
         prove(rt, r, account)
         now = rt.clock()
-        intent = new_intent("order", target, "", now, before=before)
+        lost = {"replaces": again.at} if again is not None else {}
+        intent = new_intent("order", target, "", now, before=before, **lost)
 
         async def place() -> None:
             if resource_id:
@@ -177,7 +203,8 @@ async def _order(
     finally:
         if resource_id and rt.order_slots.get(account) == r.claim:
             del rt.order_slots[account]
-    await event(rt, r, "Normal", "Ordered", "ordered a Let's Encrypt certificate")
+    why = f" again (the order of {again.at} never reached the remote)" if again is not None else ""
+    await event(rt, r, "Normal", "Ordered", f"ordered a Let's Encrypt certificate{why}")
     state = State("reconciling", "Pending", "order placed; waiting for issuance")
     return await finish(rt, r, state, {}, POLL_FIRST_S)
 
@@ -185,28 +212,36 @@ async def _order(
 async def _resolve(
     rt: Runtime, r: Resource, access: CdnAccess, intent: Intent, resource_id: str, domains: list[str]
 ) -> None:
-    """An order whose outcome was never recorded: the task status or the list says whether it was placed."""
+    """An order whose outcome was never recorded: the task status or the list says whether it was placed. Only
+    reads: a re-sent order is a second order wherever the first is done or the remote does not answer 489 (Let's
+    Encrypt limits duplicate certificates a week)."""
     before = [int(s) for s in intent.facts.get("before", []) if isinstance(s, int)]
     placed = {"orderedAt": intent.at, "listBefore": before, "target": intent.target, "intent": None}
     if resource_id:
         task = await rt.cdn.letsencrypt_status(access, resource_id)
         prove(rt, r, account_of(r.spec))
         running(rt, r, task in ("accepted", "processed"))
-        await record(rt, r, placed if task != "no" else {"intent": None})
+        if task != "no":
+            await record(rt, r, placed)
+            return
+    else:
+        forget_listing(rt, access)
+        if ro.pick_certificate(listed(await rt.cdn.list_certificates(access)), set(before), domains, ()) is not None:
+            await record(rt, r, placed)
+            return
+        # Not (yet) in the list: the order may be running, or may never have left. The intent stays, the caller
+        # waits and lists again; only nothing within WILDCARD_SETTLE_S makes it an order that was never placed.
+        if may_be_running(rt, intent):
+            return
+    if landing_left(rt, intent) > 0:  # the remote shows no order, but the POST may still be on its way
         return
-    forget_listing(rt, access)
-    listing = _listed(await rt.cdn.list_certificates(access))
-    if ro.pick_certificate(listing, set(before), domains, ()) is not None:
-        await record(rt, r, placed)
-        return
-    # Not (yet) in the list: the order may be running, or may never have left. Re-sending it to find out would be
-    # a second order wherever the first is done or the remote does not answer 489 (Let's Encrypt limits duplicate
-    # certificates a week), so only reading settles it: the intent stays, the caller waits and lists again, and
-    # only when nothing appeared within WILDCARD_SETTLE_S is the order taken as never placed.
-    started = parse_time(intent.at)
-    if started is not None and (rt.clock() - started).total_seconds() < WILDCARD_SETTLE_S:
-        return
-    await record(rt, r, {"intent": None})
+    # The remote shows no order and the POST can no longer land: it failed to land. Marked so in status (what a
+    # restart then finds), and the caller places one new order, write-ahead again.
+    lost = Intent(intent.op, intent.target, intent.digest, intent.at,
+                  {**intent.facts, "failedToLand": pki.rfc3339(rt.clock())})  # fmt: skip
+    await record(rt, r, {"intent": lost.to_status()})
+    log.warning("LetsEncryptOrder %s/%s: the order of %s never reached the remote: ordering once more",
+                r.namespace, r.name, intent.at, extra={"k8s_ref": r.log_ref})  # fmt: skip
 
 
 async def _follow(rt: Runtime, r: Resource, access: CdnAccess, resource_id: str, domains: list[str]) -> float | None:
@@ -224,10 +259,10 @@ async def _follow(rt: Runtime, r: Resource, access: CdnAccess, resource_id: str,
             state = State("reconciling", "Pending", f"order {task!r}; waiting for issuance")
             return await finish(rt, r, state, updates, poll_delay(attempt))
     forget_listing(rt, access)
-    listing = _listed(await rt.cdn.list_certificates(access))
+    certificates = listed(await rt.cdn.list_certificates(access))
     prove(rt, r, account_of(r.spec))
     before = {int(s) for s in r.status.get("listBefore", []) if isinstance(s, int)}
-    found = ro.pick_certificate(listing, before, domains, ())
+    found = ro.pick_certificate(certificates, before, domains, ())
     if found is None:
         updates["pollAttempt"] = attempt + 1
         state = State("reconciling", "Pending", "waiting for the issued certificate to appear in the list")
@@ -241,5 +276,6 @@ async def _follow(rt: Runtime, r: Resource, access: CdnAccess, resource_id: str,
     return await finish(rt, r, State("ready", "Synced", f"certificate seq {found.seq} issued"), {}, None)
 
 
-def _listed(items: list[Any]) -> list[ro.Listed]:
+def listed(items: list[Any]) -> list[ro.Listed]:
+    """The account's list as an order reads it (the deletion of an order running reads it the same way)."""
     return [ro.Listed(c.seq, c.issuer, (c.cn, *c.alt), c.end_timestamp) for c in items]
