@@ -28,6 +28,7 @@ import httpx
 import pytest
 import yaml
 from certsync import settings
+from certsync.reconcile import deadlines
 
 from devkit import controlplane
 from devkit.factory import three_level
@@ -130,6 +131,8 @@ YAML_BLOCKS: dict[str, Where] = {
     "kind: Kustomization": Where(f"{HERE}::test_flux_example_waits_for_an_example_resource"),
     "healthCheckExprs:": Where(f"{HERE}::test_flux_health_check_expressions_name_the_crds_conditions"),
     "kind: ClusterRemoteAccount": Where(f"{HERE}::test_the_account_example_is_accepted_by_the_crds"),
+    "bindTo: [res1, res2]": Where(f"{HERE}::test_the_bound_certificate_example_is_accepted_by_the_crds"),
+    "renewBefore: 1608h": Where(f"{HERE}::test_the_cert_manager_example_renews_before_the_push_deadline"),
 }
 # Sample output: the test that prints it compares it with the README's block.
 TEXT_BLOCKS: dict[str, Where] = {
@@ -374,6 +377,29 @@ def test_the_account_example_is_accepted_by_the_crds(kube: Kube, namespace: str)
         input=json.dumps({"apiVersion": "v1", "kind": "List", "items": documents}),
     )
     assert answer.returncode == 0, answer.stderr
+
+
+def test_the_bound_certificate_example_is_accepted_by_the_crds(kube: Kube, namespace: str) -> None:
+    """The bindTo block, as the API server's validation sees it (in this test's namespace instead of `demo`)."""
+    [body] = [b for language, b, _ in _blocks() if language == "yaml" and "bindTo: [res1, res2]" in b]
+    [document] = [d for d in yaml.safe_load_all(body) if d]
+    assert document["kind"] == "CdnCertificate" and document["spec"]["bindTo"] == ["res1", "res2"]
+    document["metadata"]["namespace"] = namespace
+    answer = kube.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(document))
+    assert answer.returncode == 0, answer.stderr
+
+
+def test_the_cert_manager_example_renews_before_the_push_deadline() -> None:
+    """The README's Certificate renews (duration - renewBefore after issuance) at least a week before EMQX Cloud
+    stops taking it (60 days before notAfter), and the table's 90-day row says the same."""
+    [body] = [b for language, b, _ in _blocks() if language == "yaml" and "renewBefore: 1608h" in b]
+    [certificate] = [d for d in yaml.safe_load_all(body) if d]
+    assert certificate["kind"] == "Certificate"
+    duration = settings.parse_duration(certificate["spec"]["duration"])
+    renew_before = settings.parse_duration(certificate["spec"]["renewBefore"])
+    renewal, deadline = duration - renew_before, duration - deadlines.REFUSAL_WINDOW.total_seconds()
+    assert renewal <= deadline - deadlines.RENEWAL_MARGIN.total_seconds(), (renewal, deadline)
+    assert "| 90 days | Let's Encrypt today | 30 days |" in README.read_text()
 
 
 # --- the commands, executed ----------------------------------------------------------------------------------------
