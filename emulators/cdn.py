@@ -40,7 +40,15 @@ from cryptography.x509.oid import NameOID
 
 from emulators import certs
 from emulators.cdnresources import TASK_DELAY_S, ResourceStore, resource_routes
-from emulators.common import EmulatorCore, SlidingLimit, body_of, control_routes, fault_middleware, json_response
+from emulators.common import (
+    EmulatorCore,
+    SlidingLimit,
+    body_of,
+    control_routes,
+    fault_middleware,
+    json_response,
+    write_latency_route,
+)
 
 DIALECTS = {
     "auth-token": "the token endpoint answers the token as `auth_token` instead of `token`",
@@ -518,15 +526,6 @@ def build_app(state: CdnState) -> web.Application:
             state.hidden[int(item["seq"])] = int(item.get("calls", 1))
         return json_response({"failing": sorted(config.failing), "brokenDns": sorted(config.broken_dns)})
 
-    async def control_write_latency(request: web.Request) -> web.Response:
-        """Control API: `{"seconds": S}`, how long every later certificate write or order waits before it is applied."""
-        body = await body_of(request)
-        seconds = body.get("seconds") if body else None
-        if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
-            return json_response({"error": "seconds must be a number of seconds, 0 or more"}, 400)
-        config.write_latency = float(seconds)
-        return json_response({"writeLatency": config.write_latency})
-
     async def describe_config(_: web.Request) -> web.Response:
         """Control API: the dialect this emulator was started with."""
         return json_response({"dialects": sorted(config.dialects)})
@@ -540,7 +539,7 @@ def build_app(state: CdnState) -> web.Application:
     app.add_routes(
         [
             web.post("/_emulator/letsencrypt", control_letsencrypt),
-            web.post("/_emulator/write-latency", control_write_latency),
+            write_latency_route(config),
             web.get("/_emulator/config", describe_config),
             web.post("/app/oauth/v1/token/", token),
             web.get(prefix + "/certificate/", list_certificates),

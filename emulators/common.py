@@ -23,7 +23,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -94,6 +94,25 @@ async def body_of(request: web.Request) -> dict[str, Any] | None:
     except ValueError:
         return None
     return body if isinstance(body, dict) else None
+
+
+class HasWriteLatency(Protocol):
+    write_latency: float
+
+
+def write_latency_route(config: HasWriteLatency) -> web.RouteDef:
+    """Control API: `POST /_emulator/write-latency {"seconds": S}`, how long every later certificate write (or order)
+    waits before it is applied and answered, so that a test can delete or kill while a write is in flight."""
+
+    async def control(request: web.Request) -> web.Response:
+        body = await body_of(request)
+        seconds = body.get("seconds") if body else None
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
+            return json_response({"error": "seconds must be a number of seconds, 0 or more"}, 400)
+        config.write_latency = float(seconds)
+        return json_response({"writeLatency": config.write_latency})
+
+    return web.post("/_emulator/write-latency", control)
 
 
 def route_template(request: web.Request) -> str:

@@ -33,10 +33,10 @@ from emulators.common import (
     EmulatorCore,
     Handler,
     SlidingLimit,
-    body_of,
     control_routes,
     fault_middleware,
     json_response,
+    write_latency_route,
 )
 
 DIALECTS = {
@@ -356,18 +356,9 @@ def build_app(state: EmqxState) -> web.Application:
         config.deployment_statuses.update(statuses)
         return json_response({"types": config.deployment_types, "statuses": config.deployment_statuses})
 
-    async def control_write_latency(request: web.Request) -> web.Response:
-        """Control API: `{"seconds": S}`, how long every later TLS write waits before it is applied."""
-        body = await body_of(request)
-        seconds = body.get("seconds") if body else None
-        if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
-            return json_response({"error": "seconds must be a number of seconds, 0 or more"}, 400)
-        config.write_latency = float(seconds)
-        return json_response({"writeLatency": config.write_latency})
-
     app = web.Application(middlewares=[fault_middleware(core, lambda code: state.error(code, "injected error"))])
     app.add_routes(control_routes(core, state.reset))
-    app.add_routes([web.post("/_emulator/write-latency", control_write_latency)])
+    app.add_routes([write_latency_route(config)])
     app.add_routes([web.route("*", "/deployments/{deployment_id}/tls", tls)])
     app.add_routes([web.get("/deployments", deployments), web.get("/deployments/{deployment_id}", deployment)])
     app.add_routes([web.post("/_emulator/deployments", control_deployments)])

@@ -74,7 +74,7 @@ import math
 import secrets
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeGuard, TypeVar
 
@@ -876,6 +876,24 @@ class CdnClient(RemoteClient):
         idempotent = method in ("GET", "DELETE")  # a write is never re-sent inside a call
         key = body.get("private_key") if isinstance(body, dict) else None  # certificates are public
         scrubber = Scrubber.of(*access.secrets(), key if isinstance(key, str) else None)
+        return await self._gated(
+            access, self.scope(access), self.window, self.share, scrubber, idempotent, parse,
+            lambda go: self._call_once(access, method, path, operation, body, scrubber, go),
+        )  # fmt: skip
+
+    async def _gated(
+        self,
+        access: CdnAccess,
+        scope: Scope,
+        window: Window,
+        unproven_share: int,
+        scrubber: Scrubber,
+        idempotent: bool,
+        parse: Callable[[Any, Scrubber], T],
+        once: Callable[[Attempt], Awaitable[Any]],
+    ) -> T:
+        """One call of either API with its retries, as one attempt of the owner in `window`; errors scrubbed, the
+        token held then included."""
         kwargs: dict[str, Any] = {"sleep": self._sleep} if self._sleep else {}
         try:
             # One attempt of the owner for the account: its retries and a token renewal's resend are part of it.
@@ -883,14 +901,9 @@ class CdnClient(RemoteClient):
             # (which junk of other namespaces may fill), only to its namespace's quota, until it proves the account.
             await self.token(access)  # first: a login never waits behind the account's unproven turn
             logged_in = bool(access.password) and self._tag(access.password) in self._memory(access).succeeded
-            share = None if logged_in else self.share
-            async with self.gate.attempt(access.owner(), self.scope(access), self.window, share) as go:
-                data = await with_retries(
-                    lambda: self._call_once(access, method, path, operation, body, scrubber, go),
-                    self.retry,
-                    idempotent=idempotent,
-                    **kwargs,
-                )
+            share = None if logged_in else unproven_share
+            async with self.gate.attempt(access.owner(), scope, window, share) as go:
+                data = await with_retries(lambda: once(go), self.retry, idempotent=idempotent, **kwargs)
             return parse(data, scrubber)
         except RemoteError as error:
             held = self._tokens.get(self._token_key(access)) if access.password else None
@@ -1029,23 +1042,11 @@ class CdnClient(RemoteClient):
     ) -> T:
         """One call of the resource API, in the account's configuration window; reads retried, writes never."""
         scrubber = Scrubber.of(*access.secrets())
-        kwargs: dict[str, Any] = {"sleep": self._sleep} if self._sleep else {}
-        try:
-            await self.token(access)
-            logged_in = bool(access.password) and self._tag(access.password) in self._memory(access).succeeded
-            share = None if logged_in else self.config_share
-            scope = self.scope(access, CONFIG_CLASS)
-            async with self.gate.attempt(access.owner(), scope, self.config_window, share) as go:
-                data = await with_retries(
-                    lambda: self._resource_once(access, method, path, body, what, params, scrubber, go),
-                    self.retry,
-                    idempotent=method == "GET",
-                    **kwargs,
-                )
-            return parse(data, scrubber)
-        except RemoteError as error:
-            held = self._tokens.get(self._token_key(access)) if access.password else None
-            raise error.scrubbed(scrubber.with_secrets(held.value if held else None)) from error.__cause__
+        return await self._gated(
+            access, self.scope(access, CONFIG_CLASS), self.config_window, self.config_share, scrubber,
+            method == "GET", parse,
+            lambda go: self._resource_once(access, method, path, body, what, params, scrubber, go),
+        )  # fmt: skip
 
     async def _resource_once(
         self,
