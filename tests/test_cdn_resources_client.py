@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from certsync import cdn as api
 from certsync.budget import Scope
+from certsync.scrub import Scrubber
 
 from devkit.factory import issue
 from tests.conftest import CDN_PASSWORD, CDN_USER, Emulator
@@ -135,3 +136,20 @@ async def test_a_resource_id_is_one_path_segment(cdn: Emulator) -> None:
         with pytest.raises(api.ResourceNotFound):
             await client.get_resource(access(cdn), "../../other")
     assert any("%2F" in c.path or c.status == 404 for c in cdn.state.core.calls if "resource" in c.path)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [["www.shop.example", CDN_PASSWORD], ["www.shop.example", "Bearer abc.def"], ["a b"], ["x" * 300], ["straße.de"]],
+)
+def test_a_resource_name_that_is_no_host_name_is_refused_unshown(names: list[str]) -> None:
+    """Names reach status.bindings and messages: an answer echoing a credential (or any free text) is refused."""
+    scrubber = Scrubber.of(CDN_PASSWORD)
+    with pytest.raises(api.ResourceUnavailable) as refused:
+        api._resource({"names": names, "certificate": 7}, "res1", scrubber)
+    assert "not all host names" in str(refused.value) and not any(n in str(refused.value) for n in names)
+
+
+def test_host_names_and_wildcards_pass() -> None:
+    read = api._resource({"names": ["www.shop.example", "*.img.shop.example", "xn--strae-oqa.de."]}, "r", Scrubber.of())
+    assert read.names == ("www.shop.example", "*.img.shop.example", "xn--strae-oqa.de.")

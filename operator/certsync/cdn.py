@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import hmac
 import math
+import re
 import secrets
 import urllib.parse
 from collections import Counter
@@ -452,6 +453,11 @@ class ConfigTask:
     message: str
 
 
+# A DNS host name as a CDN resource lists it (ASCII or punycode, an optional leading wildcard, a trailing dot).
+HOST_NAME = re.compile(r"(?=.{1,254}$)(\*\.)?([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+                       r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?")  # fmt: skip
+
+
 def _resource(data: Any, resource_id: str, scrubber: Scrubber) -> CdnResource:
     if isinstance(data, dict) and isinstance(data.get("data"), dict) and "names" not in data:
         data = data["data"]  # a wrapped answer, as the family's other APIs give
@@ -462,6 +468,10 @@ def _resource(data: Any, resource_id: str, scrubber: Scrubber) -> CdnResource:
         raw = [n for n in (part.strip() for part in raw.split(",")) if n]
     if not isinstance(raw, list) or len(raw) > MAX_RESOURCE_NAMES or not all(isinstance(n, str) for n in raw):
         raise ResourceUnavailable(0, f"resource {resource_id}: unexpected names {short(raw, scrubber)}")
+    # Names reach status and messages: only host names pass (no echoed credential, no free text), never shown
+    # when refused.
+    if not all(HOST_NAME.fullmatch(n.strip()) and scrubber.scrub(n) == n for n in raw):
+        raise ResourceUnavailable(0, f"resource {resource_id}: its names are not all host names (not shown)")
     bound = data.get("certificate")
     if isinstance(bound, str) and bound.strip().isdigit():
         bound = int(bound.strip())
