@@ -103,6 +103,15 @@ CDN_REF = {"accountRef": {"name": "shared"}, "secretName": "t"}
         ("deploymenttlses", dtls_ref("other"), account(deployments=["ge6a1a75"]), TEAM, "AccountNotAllowed"),
         ("cdncertificates", CDN_REF, account("cdn", account=""), TEAM, "AccountNotAllowed"),  # unusable account
         ("deploymenttlses", dtls_ref(), account(credentialsSecretRef={"name": "x"}), TEAM, "AccountNotAllowed"),
+        # bindTo through a shared account only within its cdnResources (absent: none): no tenant repoints another's site
+        ("cdncertificates", {**CDN_REF, "bindTo": ["res1"]}, account("cdn"), TEAM, "AccountNotAllowed"),
+        (
+            "cdncertificates",
+            {**CDN_REF, "bindTo": ["res1", "res9"]},
+            account("cdn", cdnResources=["res1"]),
+            TEAM,
+            "AccountNotAllowed",
+        ),
     ],
 )
 def test_a_resource_that_may_not_use_the_account_gets_a_reason(
@@ -123,6 +132,8 @@ def test_a_resource_that_may_not_use_the_account_gets_a_reason(
         ("deploymenttlses", dtls_ref("anything"), account(deployments=[]),  # empty: any the key may touch
          Resolved("shared", "emqx", "https://emqx.example", "", PLATFORM, "emqx-account")),
         ("cdncertificates", CDN_REF, account("cdn"),
+         Resolved("shared", "cdn", "https://cdn.example", "acct1", PLATFORM, "cdn-account")),
+        ("cdncertificates", {**CDN_REF, "bindTo": ["res1"]}, account("cdn", cdnResources=["res1", "res2"]),
          Resolved("shared", "cdn", "https://cdn.example", "acct1", PLATFORM, "cdn-account")),
         ("letsencryptorders", CDN_REF, account("cdn"),
          Resolved("shared", "cdn", "https://cdn.example", "acct1", PLATFORM, "cdn-account")),

@@ -128,6 +128,11 @@ def resolve(
     deployment = str(spec.get("deploymentId", ""))
     if provider == "emqx" and deployments and deployment not in {str(d) for d in deployments}:
         return Problem(NOT_ALLOWED, f"ClusterRemoteAccount {name!r} does not serve deployment {deployment!r}")
+    allowed = {str(r) for r in account_spec.get("cdnResources") or []}
+    unlisted = [str(r) for r in spec.get("bindTo") or [] if str(r) not in allowed] if provider == "cdn" else []
+    if unlisted:
+        return Problem(NOT_ALLOWED, f"ClusterRemoteAccount {name!r} does not let its users bind CDN resource "
+                                    f"{unlisted[0]!r} (its spec.cdnResources)")  # fmt: skip
     problem = account_problem(account_spec)
     if problem is not None:
         return Problem(NOT_ALLOWED, f"ClusterRemoteAccount {name!r} is not usable: {problem.message}")
