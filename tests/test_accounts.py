@@ -400,3 +400,39 @@ async def test_after_a_restart_the_accounts_users_restore_the_accounts_own_refus
     world.trusted_tls("shop-tls", "www.shop.example")
     await through(world, "cdncertificates", "user", {"accountRef": {"name": "shop"}, "secretName": "shop-tls"})
     assert world.ready("user") == ("False", "CredentialsInvalid") and logins(cdn) == 1
+
+
+async def test_through_a_shared_account_a_forged_status_deletes_no_other_tenants_certificate(
+    world: World, emqx: Emulator, cdn: Emulator
+) -> None:
+    """Status may be written by the tenant: a CdnCertificate whose status names another user's seq (or an intent
+    with that certificate's public chain) deletes nothing but a certificate holding its own Secret's chain."""
+    from certsync import pki
+    from certsync.controllers import deletion
+
+    platform(world, emqx, cdn)
+    world.trusted_tls("shop-tls", "www.shop.example")
+    world.trusted_tls("own-tls", "own.shop.example")
+    victim = {"accountRef": {"name": "shop"}, "secretName": "shop-tls"}
+    await through(world, "cdncertificates", "victim", victim)
+    assert world.ready("victim") == ("True", "Synced")
+    seq = world.status("victim")["seq"]
+    target = world.status("victim")["target"]
+    world.rt.forget(("cdncertificates", NS, "victim"))  # as after a restart: the victim has not proven itself yet
+    forged = {**victim, "secretName": "own-tls", "deletionPolicy": "Delete"}
+    status = {"seq": seq, "target": target}
+    r = Resource("cdncertificates", NS, "thief", "uid-thief", 1, "2026-01-01T00:00:00Z", forged, status)
+    assert remoteaccount.resolve_spec(world.rt, r) is None  # as the delete handler does
+    assert await deletion.delete(world.rt, r, pki.rfc3339(world.rt.clock()), 0) is None
+    assert seq in cdn.state.certificates  # left in place
+    assert any(reason == "DeleteSkipped" and "shared account" in m for _, reason, m in world.kube.events), (
+        world.kube.events
+    )
+
+    own = {**victim, "secretName": "own-tls", "deletionPolicy": "Delete"}
+    await through(world, "cdncertificates", "own", own)
+    own_seq = world.status("own")["seq"]
+    mine = Resource("cdncertificates", NS, "own", "uid-own", 1, "2026-01-01T00:00:00Z", own, world.status("own"))
+    assert remoteaccount.resolve_spec(world.rt, mine) is None
+    assert await deletion.delete(world.rt, mine, pki.rfc3339(world.rt.clock()), 0) is None
+    assert own_seq not in cdn.state.certificates and seq in cdn.state.certificates  # its own one is removed

@@ -101,6 +101,9 @@ class Runtime:
     # Credentials that last worked, per resource: a deletion after its Secret is gone still removes the remote
     # certificate. Memory only, never written anywhere.
     last_credentials: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+    # The account's list before each order this process placed, by the order's uid: through a shared account, the
+    # only proof of which certificate an order issued (status may be written by the tenant).
+    placed_before: dict[str, frozenset[int]] = field(default_factory=dict)
     # Resource Let's Encrypt orders run one at a time per account. A slot is held only while a pass places an
     # order (list before, then the POST): (endpoint|account) -> that pass's resource, released when the pass ends.
     order_slots: dict[str, Claim] = field(default_factory=dict)

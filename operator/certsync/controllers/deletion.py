@@ -229,6 +229,11 @@ async def _remove_cdn(rt: Runtime, r: Resource, intent: Intent | None, attempt: 
         seq = await _landed_certificate(rt, r, cdn, pending)
         if seq is None or owned_by_another(rt, r, target_key(target, str(seq)), target):
             return False
+    if accounts.account_name(r.spec) is not None and not await _holds_own_chain(rt, r, cdn, seq):
+        why = (f"certificate seq {seq} does not hold this resource's Secret's chain: through a shared account only "
+               "a certificate proven to be this resource's is removed; left in place")  # fmt: skip
+        await event(rt, r, "Warning", "DeleteSkipped", why)
+        return False
     # A certificate with bindings is kept while a CDN resource still serves it (whoever bound that one): StillServed
     # is retried, then left at the timeout. Without bindings no resource call is spent (nor needed by the API).
     if seq is not None and cdnbindings.bound_to(r):
@@ -266,6 +271,23 @@ async def _landed_certificate(rt: Runtime, r: Resource, cdn: CdnAccess, intent: 
     return None
 
 
+async def _holds_own_chain(rt: Runtime, r: Resource, cdn: CdnAccess, seq: int | None) -> bool:
+    """Whether the remote certificate `seq` holds the chain of this resource's own TLS Secret (a validated pair: no
+    tenant holds another's key), read in detail: what status says (seq, intent) may be the tenant's own writing."""
+    if seq is None:
+        return False
+    name = str(r.spec.get("secretName") or "")
+    secret = await rt.kube.read_secret(r.namespace, name, TLS_KEYS) if name else None
+    material = await asyncio.to_thread(check_tls_secret, name, secret, rt.clock())
+    if not isinstance(material, TLSMaterial):
+        return False
+    try:
+        remote = await rt.cdn.get_certificate(cdn, seq)
+    except RecordNotFound:
+        return False
+    return rc.holds_chain(tuple(link.fingerprint for link in remote.chain_info or ()), material.chain_sha1)
+
+
 async def _secret_cn(rt: Runtime, r: Resource) -> str:
     """The leaf CN of the resource's TLS Secret (an intent recorded before intents named it), or "" when gone."""
     name = str(r.spec.get("secretName") or "")
@@ -286,16 +308,27 @@ async def _remove_order(rt: Runtime, r: Resource, intent: Intent | None, attempt
         return False
     if not placed and pending is not None and (wait := may_still_land(rt, pending)) is not None:
         return wait
+    shared = accounts.account_name(spec) is not None
+    known_before = rt.placed_before.get(r.uid)
+    if shared and known_before is None:
+        # Through a shared account status proves nothing (a tenant may write it): only an order this process
+        # placed tells which certificate is the order's.
+        why = ("through a shared account only the certificate of an order this operator process placed is removed "
+               "(status may be written by the tenant): left in place")  # fmt: skip
+        await event(rt, r, "Warning", "DeleteSkipped", why)
+        return False
     cdn = await _credentials(rt, r)
     if cdn is None:
         return False
     assert isinstance(cdn, CdnAccess)
-    if mine and isinstance(issued, int):
+    if mine and isinstance(issued, int) and not shared:  # shared: the list after the order this process placed
         return await _remove_certificate(rt, cdn, issued)
     resource_id = str(spec.get("resourceId") or "")
     domains = [str(d) for d in spec.get("domains") or []]
     facts_before = pending.facts.get("before", []) if pending is not None else []
     before = status.get("listBefore", []) if placed else facts_before
+    if shared and known_before is not None:
+        before = sorted(known_before)
     if resource_id and await rt.cdn.letsencrypt_status(cdn, resource_id) in ("no", "failed"):
         return False  # no order runs for the resource: nothing will be issued
     cdncertificate.forget_listing(rt, cdn)

@@ -180,6 +180,8 @@ async def _order(
         intent = new_intent("order", target, "", now, before=before, **lost)
 
         async def place() -> None:
+            if r.uid:
+                rt.placed_before[r.uid] = frozenset(before)
             if resource_id:
                 running(rt, r, True)  # sent: it may run, whatever the answer says (a lost one is read back)
                 await rt.cdn.order_letsencrypt(access, resource_id)
