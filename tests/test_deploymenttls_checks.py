@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from certsync.controllers import deploymenttls
+from certsync.controllers.base import Resource
 from certsync.emqx import (
     DeploymentInfo,
     DeploymentNotFound,
@@ -303,3 +305,18 @@ def test_a_deployment_answer_that_is_no_object_is_unavailable() -> None:
     with pytest.raises(EmqxUnexpectedAnswer) as refused:
         DeploymentInfo.from_json(["not", "an", "object"])
     assert refused.value.retryable
+
+
+async def test_requested_at_looks_at_a_missing_deployment_again_at_once(w: World, emqx: Emulator) -> None:
+    """A 404 may be a deployment just created: a person's request (certsync.io/requested-at) reads it again now,
+    not after the recheck, and the write follows once it is there."""
+    w.kube.put_tls("mqtt-tls", issue("mqtt.example.com"))
+    spec = dtls_spec(emqx, deploymentId="later")
+    await w.sync("deploymenttlses", "broker", spec)
+    assert w.ready("broker") == ("False", "RemoteNotFound") and writes(emqx) == []
+    emqx.state.config.deployments.append("later")  # created meanwhile
+    status = dict(w.kube.status.get("broker", {}))
+    forced = Resource("deploymenttlses", NS, "broker", "uid-broker", 1, "2026-01-01T00:00:00Z", spec, status,
+                      forced=True)  # fmt: skip
+    await deploymenttls.sync(w.rt, forced)
+    assert writes(emqx) == ["POST"], calls(emqx)

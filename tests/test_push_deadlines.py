@@ -133,7 +133,8 @@ def checked(
         (checked(86400), "check", None, None),  # a day later: read again before a write
         (checked(-5), "check", None, None),  # from the future (a clock or a status someone wrote): read again
         (checked(60, kind="serverless"), "stop", "UnsupportedDeploymentType", 86340.0),
-        (checked(60, found=False), "stop", "RemoteNotFound", 86340.0),
+        (checked(60, found=False), "stop", "RemoteNotFound", 540.0),
+        (checked(600, found=False), "check", None, None),  # a deployment just created, a key just granted
         (checked(60, status="stopped"), "stop", "DeploymentNotRunning", 540.0),
         (checked(600, status="stopped"), "check", None, None),
         (checked(60, status="starting"), "stop", "DeploymentNotRunning", 60.0),

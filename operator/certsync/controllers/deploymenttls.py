@@ -264,7 +264,7 @@ class DeploymentGate:
         """None when a write may go on; else the pass's end (a 1-tuple of its requeue delay), `updates` recorded."""
         check = self.known()
         verdict = rd.deployment_verdict(check, self.rt.clock(), self.deployment)
-        if verdict.action == "check":
+        if verdict.action == "check" or (verdict.action == "stop" and self.r.forced):  # requested-at: look now
             check = await self._read()
             verdict = rd.deployment_verdict(check, self.rt.clock(), self.deployment)
         if check is not None:

@@ -181,6 +181,7 @@ def _str(value: object) -> str | None:
 
 CHECK_TTL_S = 86400.0  # a deployment's type and status are read again before a write a day after the last read
 NOT_RUNNING_RECHECK_S = {"starting": 120.0, "stopped": 600.0}  # a deployment that is not running, looked at again
+NOT_FOUND_RECHECK_S = 600.0  # a 404 may be a deployment just created or a key not yet granted: looked at again
 UNSUPPORTED_TYPES = ("serverless",)  # EMQX Cloud's TLS API serves Dedicated (and Dedicated Flex) deployments
 NOT_RUNNING = tuple(NOT_RUNNING_RECHECK_S)
 
@@ -243,11 +244,14 @@ def deployment_verdict(check: DeploymentCheck | None, now: dt.datetime, deployme
         return DeploymentVerdict("check")
     left = CHECK_TTL_S - age
     if not check.found:
+        if age >= NOT_FOUND_RECHECK_S:
+            return DeploymentVerdict("check")
         why = (
             f"deployment {deployment!r} not found (GET /deployments/{deployment}: 404): check spec.deploymentId "
-            "(EMQX also answers 404 for a deployment the API key may not see); no write was sent"
+            "(EMQX also answers 404 for a deployment the API key may not see); no write was sent (looked at again "
+            f"every {NOT_FOUND_RECHECK_S / 60:.0f} minutes)"
         )
-        return DeploymentVerdict("stop", State("stalled", "RemoteNotFound", why), left)
+        return DeploymentVerdict("stop", State("stalled", "RemoteNotFound", why), NOT_FOUND_RECHECK_S - age)
     if check.deployment_type in UNSUPPORTED_TYPES:
         why = (
             f"deployment {deployment!r} is a Serverless deployment: EMQX Cloud's TLS API serves Dedicated "
