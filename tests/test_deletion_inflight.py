@@ -300,3 +300,20 @@ async def test_an_intent_marked_failed_to_land_allows_exactly_one_new_order(worl
         await world.sync("letsencryptorders", "wild", spec)
         await world.advance(60)
     assert len(order_posts(cdn)) == 1 and world.ready("wild") == ("True", "Synced")
+
+
+async def test_a_late_pass_after_the_handler_forgot_the_resource_writes_nothing_but_a_new_one_of_the_name_does(
+    world: World, emqx: Emulator
+) -> None:
+    """The handler drops the resource's memory once its deletion is done; a daemon pass of that uid still running
+    (or started by a late event) must still write nothing, while a resource re-created under the name is new."""
+    world.kube.put_tls("mqtt-tls", issue("mqtt.example.com"))
+    spec = dtls_spec(emqx, deletionPolicy="Delete")
+    assert await deletion.delete(world.rt, view(world, "deploymenttlses", "broker", spec), None, 0) is None
+    world.rt.forget(("deploymenttlses", NS, "broker"))  # as the delete handler does next
+    with pytest.raises(ResourceGone):
+        await world.sync("deploymenttlses", "broker", spec)  # the same uid ("uid-broker")
+    assert writes(emqx) == []
+    again = Resource("deploymenttlses", NS, "broker", "uid-broker-2", 1, "2026-01-02T00:00:00Z", spec, {})
+    await tc.SYNCS["deploymenttlses"](world.rt, again)
+    assert writes(emqx) == ["POST"]

@@ -117,7 +117,7 @@ class Runtime:
     # Per resource, its last write (in flight from intent to record, then what it recorded or was answered), and
     # the resources whose deletion began: none of them starts a write any more. Dropped with the resource.
     inflight: dict[Key, WriteInFlight] = field(default_factory=dict)
-    deleting: set[Key] = field(default_factory=set)
+    deleting: set[str] = field(default_factory=set)  # by uid (`writer_id`): a re-created resource is another one
     # uids whose deletion this process finished: kopf may call the deletion handler again while the resource's
     # daemon is still exiting, with a watch event older than the write's record; the answer stays "done".
     released: collections.OrderedDict[str, None] = field(default_factory=collections.OrderedDict)
@@ -131,7 +131,9 @@ class Runtime:
     closing: bool = False
 
     def release(self, uid: str) -> None:
-        """The deletion of this uid is over (the last MAX_RELEASED are remembered)."""
+        """The deletion of this uid is over (the last MAX_RELEASED are remembered): a daemon pass of it still
+        running, or started by a late event, writes nothing any more."""
+        self.deleting.discard(uid)
         self.released[uid] = None
         self.released.move_to_end(uid)
         while len(self.released) > MAX_RELEASED:
@@ -142,7 +144,6 @@ class Runtime:
         self.last_credentials.pop(key, None)
         self.proofs.forget(key)
         self.inflight.pop(key, None)
-        self.deleting.discard(key)
         for slot, holder in list(self.order_slots.items()):
             if key[0] == "letsencryptorders" and (holder.namespace, holder.name) == key[1:]:
                 del self.order_slots[slot]
@@ -272,6 +273,17 @@ def write_not_done(error: RemoteError) -> bool:
     return isinstance(error, RateLimitedError) or not error.retryable
 
 
+def writer_id(r: Resource) -> str:
+    """Which resource a write is for: its uid (a resource re-created under the same name is another one)."""
+    return r.uid or "/".join(r.key)
+
+
+def refuse_if_deleting(rt: Runtime, r: Resource) -> None:
+    """No remote write starts once the resource's deletion began (or ended): it could outlive the resource."""
+    if writer_id(r) in rt.deleting or (r.uid and r.uid in rt.released):
+        raise ResourceGone(f"{KINDS[r.plural]} {r.namespace}/{r.name} is being deleted: no new remote write")
+
+
 async def guarded_write(
     rt: Runtime,
     r: Resource,
@@ -283,8 +295,7 @@ async def guarded_write(
 
     The write is in `rt.inflight` from before its intent until its record (a deletion waits for it), and none
     starts once the resource's deletion began: what it would write could outlive the resource."""
-    if r.key in rt.deleting:
-        raise ResourceGone(f"{KINDS[r.plural]} {r.namespace}/{r.name} is being deleted: no new remote write")
+    refuse_if_deleting(rt, r)
     entry = WriteInFlight(intent, r.local)
     rt.inflight[r.key] = entry
     try:

@@ -34,6 +34,7 @@ from certsync.controllers.base import (
     login_state,
     prove,
     record,
+    refuse_if_deleting,
     unproven_with_rivals,
     write_not_done,
 )
@@ -196,6 +197,7 @@ async def _bind(
         current[rid], step = rb.after_read(current[rid], resource.names, resource.certificate, seq, names, rt.clock())
         if step != "write":  # it changed since it was read: this read decided
             return
+    refuse_if_deleting(rt, r)  # a binding to a certificate being deleted would point the site at nothing
     before = current[rid]
     configuration = dict(resource.configuration) if resource is not None else {}
     current[rid] = rb.intent(before, seq, rt.clock())

@@ -37,7 +37,7 @@ from typing import Any
 from certsync import accounts, fairshare, pki
 from certsync.cdn import CdnAccess, RecordNotFound
 from certsync.controllers import cdnbindings, cdncertificate, deploymenttls, letsencryptorder
-from certsync.controllers.base import Resource, Runtime, conflict, event, landing_left, precheck
+from certsync.controllers.base import Resource, Runtime, conflict, event, landing_left, precheck, writer_id
 from certsync.emqx import EmqxAccess, TLSNotConfigured
 from certsync.kube import KubeError
 from certsync.reconcile import (
@@ -80,15 +80,17 @@ async def delete(rt: Runtime, r: Resource, deleted_at: str | None, attempt: int)
     if r.uid and r.uid in rt.released:
         return Done
     again = await _delete(rt, r, deleted_at, attempt)
-    if again is Done and r.uid:
-        rt.release(r.uid)
+    if again is Done:
+        rt.deleting.discard(writer_id(r))
+        if r.uid:
+            rt.release(r.uid)  # and a late pass of this uid writes nothing
     return again
 
 
 async def _delete(rt: Runtime, r: Resource, deleted_at: str | None, attempt: int) -> float | None:
     if r.spec.get("deletionPolicy", "Orphan") != "Delete":
         return Done
-    rt.deleting.add(r.key)  # from now on no pass of this resource starts a remote write
+    rt.deleting.add(writer_id(r))  # from now on no pass of this resource starts a remote write
     blocked = precheck(rt, r, cdncertificate.DEFAULT_ENDPOINT)
     if blocked is not None:
         await event(rt, r, "Warning", "DeleteSkipped", f"remote certificate left in place: {blocked.message}")
